@@ -1,0 +1,84 @@
+# Two commands do all the set-up on a plain Linux machine with Python 3.10-3.12:
+#   make run    the full follow-me loop, headless, in the embedded simulator
+#   make test   lint, unit and ROS tests, the colcon build test
+# Each creates or updates .venv by itself (idempotent; a stamp per requirements file keeps the
+# second run fast). On a machine with ROS 2 installed, use colcon and `ros2 launch` instead.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell for p in python3 python3.12 python3.11 python3.10; do \
+	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
+	&& { echo $$p; break; }; done)
+PY := $(VENV)/bin/python
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+# Real ROS 2 Jazzy rclpy from the wheels, Fast DDS, discovery kept on this machine.
+export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export MUJOCO_GL := egl
+export PYTHONPATH := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test lint env test-env sysdeps gpu cpu clean help
+
+help:
+	@echo "make run   - run the follow-me loop in the embedded simulator (RUN_ARGS='--help')"
+	@echo "make test  - lint + all tests (PYTEST_ARGS='-k control' to pick some)"
+	@echo "make gpu   - switch .venv from onnxruntime to onnxruntime-gpu"
+
+run: env
+	$(PY) -m followme_common.runner $(RUN_ARGS)
+
+test: test-env
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: test-env
+	$(VENV)/bin/ament_flake8 followme_common followme_perception followme_control \
+		followme_sim training bench test launch setup.py
+	$(VENV)/bin/ament_pep257 followme_common followme_perception followme_control \
+		followme_sim training bench
+
+env: sysdeps $(VENV)/.stamp-runtime
+test-env: env $(VENV)/.stamp-test
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "error: need Python 3.10, 3.11 or 3.12 (python3 is $$(python3 --version 2>&1))"; exit 1; }
+	@if [ -n "$$ROS_DISTRO" ]; then echo "error: a system ROS 2 ($$ROS_DISTRO) is sourced in this shell; open a clean shell or use colcon (see README)"; exit 1; fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.stamp-runtime: requirements/runtime.txt | $(VENV)/bin/python
+	@if $(PY) -m pip show -q onnxruntime-gpu 2>/dev/null; then \
+		$(PY) -m pip install -q -r <(grep -v '^onnxruntime==' requirements/runtime.txt) -r requirements/gpu.txt; \
+	else $(PY) -m pip install -q -r requirements/runtime.txt; fi
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-runtime requirements/training.txt requirements/dev.txt
+	$(PY) -m pip install -q -r requirements/training.txt -r requirements/dev.txt
+	touch $@
+
+# MuJoCo renders headless through EGL on Mesa (Debian: libegl1 + libegl-mesa0).
+sysdeps:
+	@if ! ldconfig -p | grep -q libEGL_mesa; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing libegl1 libegl-mesa0 (headless rendering for the simulator)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0; \
+		else echo "warning: run 'sudo apt-get install libegl1 libegl-mesa0' so the simulator can render"; fi; \
+	fi
+
+# GPU inference: onnxruntime and onnxruntime-gpu must never share an environment.
+gpu: env
+	$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(PY) -m pip install -q -r requirements/gpu.txt
+	touch $(VENV)/.stamp-runtime
+
+cpu: env
+	$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(PY) -m pip install -q $$(grep '^onnxruntime==' requirements/runtime.txt)
+	touch $(VENV)/.stamp-runtime
+
+clean:
+	rm -rf build install log runs

@@ -1,0 +1,1 @@
+"""Pieces every followme node shares: image messages, scoring, the node list, the runner."""

@@ -1,0 +1,128 @@
+"""sensor_msgs/Image <-> numpy, honouring `encoding`, `step` and `is_bigendian`.
+
+We do not use cv_bridge: it is not installable from the Python package index and its
+Humble/Jazzy builds break under numpy 2. This module only needs the message's fields, so it
+works with real rclpy messages, rosbags messages and plain objects alike.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ImageConversionError(ValueError):
+    """An Image message whose fields do not describe a valid image."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    dtype: np.dtype
+    channels: int
+
+
+ENCODINGS = {
+    'rgb8': Encoding(np.dtype(np.uint8), 3),
+    'bgr8': Encoding(np.dtype(np.uint8), 3),
+    'rgba8': Encoding(np.dtype(np.uint8), 4),
+    'bgra8': Encoding(np.dtype(np.uint8), 4),
+    'mono8': Encoding(np.dtype(np.uint8), 1),
+    '8UC1': Encoding(np.dtype(np.uint8), 1),
+    '8UC3': Encoding(np.dtype(np.uint8), 3),
+    'mono16': Encoding(np.dtype(np.uint16), 1),
+    '16UC1': Encoding(np.dtype(np.uint16), 1),
+    '32FC1': Encoding(np.dtype(np.float32), 1),
+}
+
+
+def image_to_array(msg) -> np.ndarray:
+    """Return the image as an (H, W) or (H, W, C) array in the message's own encoding.
+
+    Rows padded beyond `width` (step > width * pixel size) are cropped. The result is a view
+    of `msg.data` where possible; copy it before writing to it.
+    """
+    enc = ENCODINGS.get(msg.encoding)
+    if enc is None:
+        raise ImageConversionError(
+            f"unsupported encoding '{msg.encoding}' (supported: {', '.join(sorted(ENCODINGS))})")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f'zero-size image ({width}x{height})')
+    row_bytes = width * enc.channels * enc.dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            f'step {step} is smaller than width x pixel size ({row_bytes}) for {msg.encoding}')
+    data = msg.data
+    size = len(data)
+    if size != step * height:
+        raise ImageConversionError(
+            f'data has {size} bytes, expected step x height = {step} x {height} = '
+            f'{step * height}')
+    raw = np.frombuffer(_as_buffer(data), dtype=np.uint8).reshape(height, step)
+    raw = raw[:, :row_bytes]
+    wire_dtype = enc.dtype.newbyteorder('>' if msg.is_bigendian else '<')
+    # astype is a no-op (no copy) when the wire byte order is already the native one.
+    pixels = raw.view(wire_dtype).astype(enc.dtype, copy=False)
+    if enc.channels == 1:
+        return pixels.reshape(height, width)
+    return pixels.reshape(height, width, enc.channels)
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """Return a colour or mono image message as a contiguous (H, W, 3) uint8 RGB array."""
+    pixels = image_to_array(msg)
+    encoding = msg.encoding
+    if encoding in ('rgb8', '8UC3'):
+        return np.ascontiguousarray(pixels)
+    if encoding == 'bgr8':
+        return np.ascontiguousarray(pixels[:, :, ::-1])
+    if encoding == 'rgba8':
+        return np.ascontiguousarray(pixels[:, :, :3])
+    if encoding == 'bgra8':
+        return np.ascontiguousarray(pixels[:, :, 2::-1])
+    if encoding in ('mono8', '8UC1'):
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    raise ImageConversionError(f"encoding '{encoding}' is not a colour image")
+
+
+def depth_to_metres(msg) -> np.ndarray:
+    """REP 118 depth as float32 metres: 32FC1 is metres, 16UC1 is millimetres.
+
+    0, NaN and inf mean 'no reading' and come back as NaN.
+    """
+    if msg.encoding == '32FC1':
+        depth = image_to_array(msg).astype(np.float32, copy=True)
+    elif msg.encoding in ('16UC1', 'mono16'):
+        depth = image_to_array(msg).astype(np.float32) * np.float32(0.001)
+    else:
+        raise ImageConversionError(
+            f"depth encoding '{msg.encoding}' is not REP 118 (use 32FC1 metres or 16UC1 mm)")
+    depth[~np.isfinite(depth) | (depth <= 0.0)] = np.nan
+    return depth
+
+
+def fill_image(msg, pixels: np.ndarray, encoding: str):
+    """Fill an Image message's fields from an array, tightly packed (step = row bytes)."""
+    enc = ENCODINGS.get(encoding)
+    if enc is None:
+        raise ImageConversionError(f"unsupported encoding '{encoding}'")
+    pixels = np.ascontiguousarray(pixels, dtype=enc.dtype)
+    expected_ndim = 2 if enc.channels == 1 else 3
+    if pixels.ndim != expected_ndim or (enc.channels > 1 and pixels.shape[2] != enc.channels):
+        raise ImageConversionError(
+            f'array of shape {pixels.shape} does not fit encoding {encoding}')
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * enc.channels * enc.dtype.itemsize
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def _as_buffer(data):
+    # rclpy gives array.array('B') or bytes; rosbags gives numpy arrays; lists need a copy.
+    if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
+        return data
+    try:
+        return memoryview(data)
+    except TypeError:
+        return bytes(data)

@@ -1,0 +1,27 @@
+"""Where the package's shared files (config, models, launch, rviz) are.
+
+After `colcon build` they are in the ament index's share folder; in a source checkout run
+through `make run` they are next to this package.
+"""
+
+import os
+from pathlib import Path
+
+PACKAGE = 'followme'
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def share_dir() -> Path:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError, ValueError):
+        return _SOURCE_ROOT
+
+
+def default_params_file() -> Path:
+    return share_dir() / 'config' / 'followme.yaml'
+
+
+def default_model_file() -> Path:
+    return Path(os.environ.get('FOLLOWME_MODEL', share_dir() / 'models' / 'followme_fcn.onnx'))

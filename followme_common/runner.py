@@ -1,0 +1,137 @@
+"""followme-run: start the launch file's nodes in one process, without `ros2 launch`.
+
+It reads the same node list (followme_common.bringup) and the same parameter file as
+launch/follow.launch.py, spins them on one MultiThreadedExecutor and shuts down cleanly on
+Ctrl-C. A node that runs a finite job (the embedded simulator's scenario) can end the run:
+it exposes `done` (a threading.Event), optionally `progress()` -> (current, total) for the
+progress bar and `write_outputs(folder)` for what it leaves behind.
+"""
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from followme_common import bringup, paths
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='followme-run',
+        description='Start the followme nodes in one process (the launch-free twin of '
+                    '`ros2 launch followme follow.launch.py`).')
+    parser.add_argument('--sim', choices=bringup.SIM_CHOICES, default='embedded',
+                        help='which drone to connect to (default: embedded)')
+    parser.add_argument('--params-file', type=Path, default=paths.default_params_file(),
+                        help='parameter YAML (default: the package config/followme.yaml)')
+    parser.add_argument('--model', type=Path, default=None,
+                        help='ONNX model for the perception node (default: the shipped model)')
+    parser.add_argument('--namespace', default='', help='namespace for every node and topic')
+    parser.add_argument('--image', default='image', help='camera image topic')
+    parser.add_argument('--depth', default='depth', help='depth image topic')
+    parser.add_argument('--camera-info', default='camera_info', help='camera info topic')
+    parser.add_argument('--use-sim-time', action='store_true',
+                        help='use /clock (set automatically with --sim embedded)')
+    parser.add_argument('--log-level', default='info',
+                        choices=('debug', 'info', 'warn', 'error', 'fatal'))
+    parser.add_argument('--output', type=Path, default=Path('runs/latest'),
+                        help='folder for what a finite run writes (video, plot, summary)')
+    parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
+                        help='override one parameter, e.g. --set sim_node.scenario:=turns')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    if not args.params_file.is_file():
+        parser.error(f'parameter file {args.params_file} does not exist')
+    if args.model is not None and not args.model.is_file():
+        parser.error(f'model file {args.model} does not exist')
+    args.overrides = _parse_overrides(parser, args.set)
+    return args
+
+
+def _parse_overrides(parser, items):
+    import yaml
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition(':=')
+        node, dot, param = key.partition('.')
+        if not sep or not dot or not param:
+            parser.error(f"--set expects NODE.PARAM:=VALUE, got '{item}'")
+        overrides.setdefault(node, {})[param] = yaml.safe_load(value)
+    return overrides
+
+
+def node_overrides(spec, args):
+    """Parameter overrides for one node: the launch file passes the same ones."""
+    from rclpy.parameter import Parameter
+    values = dict(args.overrides.get(spec.name, {}))
+    if spec.name == 'perception_node' and args.model is not None:
+        values['model_path'] = str(args.model)
+    if args.use_sim_time or args.sim == 'embedded':
+        values['use_sim_time'] = True
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def run(args) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    specs = bringup.nodes_for(args.sim)
+    rcl_args = ['--ros-args', '--params-file', str(args.params_file),
+                '--log-level', args.log_level]
+    print(f'followme-run: sim={args.sim}, nodes: {", ".join(s.name for s in specs)}')
+    print(f'followme-run: parameters from {args.params_file}')
+    remaps = bringup.camera_remaps(args.image, args.depth, args.camera_info)
+
+    with rclpy.init(args=rcl_args):
+        nodes = []
+        try:
+            for spec in specs:
+                cli = ['--ros-args'] + [a for src, dst in (remaps if spec.camera_inputs else [])
+                                        for a in ('-r', f'{src}:={dst}')]
+                node = spec.node_class()(namespace=args.namespace, cli_args=cli,
+                                         parameter_overrides=node_overrides(spec, args))
+                nodes.append(node)
+            executor = MultiThreadedExecutor()
+            for node in nodes:
+                executor.add_node(node)
+            finite = [n for n in nodes if hasattr(n, 'done')]
+            spin = threading.Thread(target=executor.spin, daemon=True)
+            spin.start()
+            _wait(finite, show_progress=not args.no_progress)
+            for node in finite:
+                if hasattr(node, 'write_outputs'):
+                    node.write_outputs(args.output)
+        except KeyboardInterrupt:
+            print('\nfollowme-run: interrupted, shutting down')
+        except ExternalShutdownException:
+            pass
+        finally:
+            for node in nodes:
+                node.destroy_node()
+    return 0
+
+
+def _wait(finite_nodes, show_progress):
+    """Block until every finite node is done (or forever when none is), with a progress bar."""
+    if not finite_nodes:
+        threading.Event().wait()
+    bar = None
+    if show_progress and hasattr(finite_nodes[0], 'progress'):
+        from tqdm import tqdm
+        _, total = finite_nodes[0].progress()
+        bar = tqdm(total=round(total, 1), unit='sim s', desc='following')
+    while not all(n.done.wait(0.2) for n in finite_nodes):
+        if bar is not None:
+            bar.n = round(finite_nodes[0].progress()[0], 1)
+            bar.refresh()
+    if bar is not None:
+        bar.n = bar.total
+        bar.close()
+
+
+def main(argv=None):
+    sys.exit(run(parse_args(argv)))
+
+
+if __name__ == '__main__':
+    main()
