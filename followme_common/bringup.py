@@ -1,4 +1,5 @@
-"""The one list of nodes that both `launch/follow.launch.py` and the launch-free runner start.
+"""
+The one list of nodes that both `launch/follow.launch.py` and the launch-free runner start.
 
 Keeping it here (plain Python, no launch import) is what stops the two from drifting apart.
 """

@@ -1,4 +1,5 @@
-"""sensor_msgs/Image <-> numpy, honouring `encoding`, `step` and `is_bigendian`.
+"""
+sensor_msgs/Image <-> numpy, honouring `encoding`, `step` and `is_bigendian`.
 
 We do not use cv_bridge: it is not installable from the Python package index and its
 Humble/Jazzy builds break under numpy 2. This module only needs the message's fields, so it
@@ -35,7 +36,8 @@ ENCODINGS = {
 
 
 def image_to_array(msg) -> np.ndarray:
-    """Return the image as an (H, W) or (H, W, C) array in the message's own encoding.
+    """
+    Return the image as an (H, W) or (H, W, C) array in the message's own encoding.
 
     Rows padded beyond `width` (step > width * pixel size) are cropped. The result is a view
     of `msg.data` where possible; copy it before writing to it.
@@ -85,7 +87,8 @@ def image_to_rgb(msg) -> np.ndarray:
 
 
 def depth_to_metres(msg) -> np.ndarray:
-    """REP 118 depth as float32 metres: 32FC1 is metres, 16UC1 is millimetres.
+    """
+    REP 118 depth as float32 metres: 32FC1 is metres, 16UC1 is millimetres.
 
     0, NaN and inf mean 'no reading' and come back as NaN.
     """

@@ -1,4 +1,5 @@
-"""Where the package's shared files (config, models, launch, rviz) are.
+"""
+Where the package's shared files (config, models, launch, rviz) are.
 
 After `colcon build` they are in the ament index's share folder; in a source checkout run
 through `make run` they are next to this package.

@@ -1,4 +1,5 @@
-"""followme-run: start the launch file's nodes in one process, without `ros2 launch`.
+"""
+followme-run: start the launch file's nodes in one process, without `ros2 launch`.
 
 It reads the same node list (followme_common.bringup) and the same parameter file as
 launch/follow.launch.py, spins them on one MultiThreadedExecutor and shuts down cleanly on
@@ -8,14 +9,14 @@ progress bar and `write_outputs(folder)` for what it leaves behind.
 """
 
 import argparse
+from pathlib import Path
 import sys
 import threading
-from pathlib import Path
 
 from followme_common import bringup, paths
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog='followme-run',
         description='Start the followme nodes in one process (the launch-free twin of '
@@ -30,8 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--image', default='image', help='camera image topic')
     parser.add_argument('--depth', default='depth', help='depth image topic')
     parser.add_argument('--camera-info', default='camera_info', help='camera info topic')
-    parser.add_argument('--use-sim-time', action='store_true',
-                        help='use /clock (set automatically with --sim embedded)')
+    parser.add_argument('--use-sim-time', choices=('auto', 'true', 'false'), default='auto',
+                        help='use /clock (auto: true with --sim embedded)')
     parser.add_argument('--log-level', default='info',
                         choices=('debug', 'info', 'warn', 'error', 'fatal'))
     parser.add_argument('--output', type=Path, default=Path('runs/latest'),
@@ -39,6 +40,11 @@ def parse_args(argv=None):
     parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
                         help='override one parameter, e.g. --set sim_node.scenario:=turns')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.params_file.is_file():
         parser.error(f'parameter file {args.params_file} does not exist')
@@ -66,8 +72,8 @@ def node_overrides(spec, args):
     values = dict(args.overrides.get(spec.name, {}))
     if spec.name == 'perception_node' and args.model is not None:
         values['model_path'] = str(args.model)
-    if args.use_sim_time or args.sim == 'embedded':
-        values['use_sim_time'] = True
+    values['use_sim_time'] = (args.sim == 'embedded' if args.use_sim_time == 'auto'
+                              else args.use_sim_time == 'true')
     return [Parameter(name, value=value) for name, value in values.items()]
 
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: real rclpy over Fast DDS, isolated per test run.
+"""
+Shared test set-up: real rclpy over Fast DDS, isolated per test run.
 
 Each pytest process gets its own ROS_DOMAIN_ID and keeps discovery on localhost, so parallel
 runs on one machine cannot hear each other. Nothing here mocks rclpy.
@@ -32,7 +33,7 @@ def ros():
 
 @pytest.fixture
 def executor(ros):
-    """A single-threaded executor; nodes added to it are destroyed after the test."""
+    """Yield a single-threaded executor; nodes added to it are destroyed after the test."""
     from rclpy.executors import SingleThreadedExecutor
     ex = SingleThreadedExecutor()
     yield ex
@@ -54,7 +55,7 @@ def spin_until(executor, predicate, timeout=10.0):
 
 @pytest.fixture
 def shared_data():
-    """The shared follow-me data set, or a clean skip on machines that do not have it."""
+    """Return the shared follow-me data set, or skip cleanly where it is absent."""
     if not (DATA / 'train' / 'images').is_dir():
         pytest.skip(f'shared data set not found at {DATA}')
     return DATA
