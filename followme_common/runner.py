@@ -88,32 +88,35 @@ def run(args) -> int:
     print(f'followme-run: parameters from {args.params_file}')
     remaps = bringup.camera_remaps(args.image, args.depth, args.camera_info)
 
-    with rclpy.init(args=rcl_args):
-        nodes = []
-        try:
-            for spec in specs:
-                cli = ['--ros-args'] + [a for src, dst in (remaps if spec.camera_inputs else [])
-                                        for a in ('-r', f'{src}:={dst}')]
-                node = spec.node_class()(namespace=args.namespace, cli_args=cli,
-                                         parameter_overrides=node_overrides(spec, args))
-                nodes.append(node)
-            executor = MultiThreadedExecutor()
-            for node in nodes:
-                executor.add_node(node)
-            finite = [n for n in nodes if hasattr(n, 'done')]
-            spin = threading.Thread(target=executor.spin, daemon=True)
-            spin.start()
-            _wait(finite, show_progress=not args.no_progress)
-            for node in finite:
-                if hasattr(node, 'write_outputs'):
-                    node.write_outputs(args.output)
-        except KeyboardInterrupt:
-            print('\nfollowme-run: interrupted, shutting down')
-        except ExternalShutdownException:
-            pass
-        finally:
-            for node in nodes:
-                node.destroy_node()
+    # rclpy 7 (Jazzy) returns None from init(), so no `with rclpy.init()` context here.
+    rclpy.init(args=rcl_args)
+    nodes = []
+    executor = None
+    try:
+        for spec in specs:
+            cli = ['--ros-args'] + [a for src, dst in (remaps if spec.camera_inputs else [])
+                                    for a in ('-r', f'{src}:={dst}')]
+            nodes.append(spec.node_class()(namespace=args.namespace, cli_args=cli,
+                                           parameter_overrides=node_overrides(spec, args)))
+        executor = MultiThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
+        finite = [n for n in nodes if hasattr(n, 'done')]
+        threading.Thread(target=executor.spin, daemon=True).start()
+        _wait(finite, show_progress=not args.no_progress)
+        for node in finite:
+            if hasattr(node, 'write_outputs'):
+                node.write_outputs(args.output)
+    except KeyboardInterrupt:
+        print('\nfollowme-run: interrupted, shutting down')
+    except ExternalShutdownException:
+        pass
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 
