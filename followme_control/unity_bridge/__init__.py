@@ -1,0 +1,1 @@
+"""Bridge to the Unity quadrotor simulator: protocol (no ROS), socket.io server, ROS node."""
