@@ -92,6 +92,7 @@ def run(args) -> int:
     rclpy.init(args=rcl_args)
     nodes = []
     executor = None
+    spin_thread = None
     try:
         for spec in specs:
             cli = ['--ros-args'] + [a for src, dst in (remaps if spec.camera_inputs else [])
@@ -102,7 +103,8 @@ def run(args) -> int:
         for node in nodes:
             executor.add_node(node)
         finite = [n for n in nodes if hasattr(n, 'done')]
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spin_thread = threading.Thread(target=executor.spin, daemon=True)
+        spin_thread.start()
         _wait(finite, show_progress=not args.no_progress)
         for node in finite:
             if hasattr(node, 'write_outputs'):
@@ -114,6 +116,9 @@ def run(args) -> int:
     finally:
         if executor is not None:
             executor.shutdown()
+        if spin_thread is not None:
+            # A thread still inside rclpy at interpreter exit aborts the process.
+            spin_thread.join(timeout=5.0)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
