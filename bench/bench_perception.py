@@ -1,0 +1,269 @@
+"""
+Benchmark perception_node: stage timings, overhead, 30 Hz throughput, and Keras side by side.
+
+Everything goes through the real node over real DDS (one process, Fast DDS on loopback):
+1. stages: frames at 256x256 and 640x480, published slowly enough that none is dropped; the
+   node's own per-frame timings (convert, preprocess, infer, postprocess, publish) give the
+   medians, and the overhead is everything but inference as a share of inference;
+2. throughput: 640x480 rgb8 at 30 Hz for a while; frames in, processed, dropped, and the
+   latency (image stamp -> detection summary received) early and late in the run;
+3. classic: the same network run per frame with Keras `model.predict` (the classic approach)
+   and with ONNX Runtime, side by side, on the same frames.
+
+The network is training.model.build_model() exported to ONNX with tf2onnx (random weights:
+timing does not depend on them), unless --model names a trained ONNX file for stages 1-2.
+TensorFlow is imported here only; runtime code never imports it.
+"""
+
+import argparse
+import os
+from pathlib import Path
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.strip().splitlines()[1:]))
+    parser.add_argument('--model', type=Path, default=None,
+                        help='ONNX model for stages and throughput (default: the classic '
+                             'architecture exported with random weights)')
+    parser.add_argument('--frames', type=int, default=60, help='frames per stage run')
+    parser.add_argument('--seconds', type=float, default=15.0, help='length of the 30 Hz run')
+    parser.add_argument('--rate', type=float, default=30.0, help='input rate of that run (Hz)')
+    parser.add_argument('--classic-frames', type=int, default=40,
+                        help='frames for the Keras vs ONNX Runtime comparison')
+    parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
+    return parser.parse_args(argv)
+
+
+def export_classic_model(folder):
+    """Build the classic FCN (training.model) and export it with the followme metadata."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf
+    import tf2onnx
+    from training.model import build_model, ModelConfig
+    config = ModelConfig()
+    model = build_model(config)
+    spec = (tf.TensorSpec((None, *config.input_size, 3), tf.float32, name='image'),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    metadata = {'followme.input_size': '%d,%d' % config.input_size,
+                'followme.input_scale': repr(1 / 127.5), 'followme.input_offset': '-1.0',
+                'followme.classes': 'background,others,hero',
+                'followme.training_data': 'none (random weights, for timing only)'}
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = Path(folder) / 'classic_random.onnx'
+    path.write_bytes(proto.SerializeToString())
+    return model, path
+
+
+def frames(height, width, count, seed=0):
+    """Frames of the shared data set, resized, when it is here; else random noise frames."""
+    import cv2
+    folder = REPO.parent / 'shared' / 'data' / 'udacity_followme' / 'train' / 'images'
+    files = sorted(folder.glob('*.jpeg'))[:count] if folder.is_dir() else []
+    if files:
+        return [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (width, height),
+                           interpolation=cv2.INTER_LINEAR) for f in files]
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(count)]
+
+
+class Rig:
+    """A perception node and a probe node on one executor spinning in a thread."""
+
+    def __init__(self, model_path):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64MultiArray
+
+        from followme_perception.node import PerceptionNode
+        self.node = PerceptionNode(namespace='/bench', parameter_overrides=[
+            Parameter('model_path', value=str(model_path))])
+        self.probe = rclpy.create_node('bench_probe', namespace='/bench')
+        self.pub = self.probe.create_publisher(
+            Image, 'image', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.arrivals = {}   # image stamp (ns) -> wall time the detection arrived
+        self.probe.create_subscription(Float64MultiArray, 'hero_detection', self._on_detection,
+                                       100)
+        # Listen to the images too, so the node really fills and publishes them.
+        self.image_subs = {topic: self.probe.create_subscription(Image, topic,
+                                                                 lambda _msg: None, 1)
+                           for topic in ('mask', 'mask_overlay')}
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.probe)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not (
+                self.node._pub_overlay.get_subscription_count()
+                and self.pub.get_subscription_count()):
+            time.sleep(0.05)
+
+    def stop_overlay(self):
+        """Unsubscribe from mask_overlay: the node then skips it, as when rviz is closed."""
+        self.probe.destroy_subscription(self.image_subs.pop('mask_overlay'))
+        deadline = time.monotonic() + 10.0
+        while self.node._pub_overlay.get_subscription_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _on_detection(self, msg):
+        self.arrivals[int(msg.data[0]) * 10**9 + int(msg.data[1])] = time.time()
+
+    def publish(self, msg):
+        """Stamp `msg` with the wall clock, publish it, return the stamp in ns."""
+        now = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = now // 10**9, now % 10**9
+        self.pub.publish(msg)
+        return now
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.probe.destroy_node()
+
+
+def image_message(rgb):
+    from sensor_msgs.msg import Image
+
+    from followme_common.image_msgs import fill_image
+    msg = fill_image(Image(), rgb, 'rgb8')
+    msg.header.frame_id = 'camera_optical'
+    return msg
+
+
+def bench_stages(rig, size, count):
+    """Median ms per stage for `count` frames of `size`, sent one at a time."""
+    from tqdm import tqdm
+    messages = [image_message(f) for f in frames(*size, count)]
+    for msg in tqdm(messages, desc=f'stages {size[1]}x{size[0]}', unit='frame'):
+        stamp = rig.publish(msg)
+        deadline = time.monotonic() + 5.0
+        while stamp not in rig.arrivals and time.monotonic() < deadline:
+            time.sleep(0.001)
+    timings = rig.node.frame_timings()
+    return {name: float(np.median(ms[-count:])) for name, ms in timings.items() if name != 'wait'}
+
+
+def bench_throughput(rig, rate, seconds):
+    """Publish 640x480 frames at `rate` Hz; return counts and latency early and late."""
+    from tqdm import tqdm
+    messages = [image_message(f) for f in frames(480, 640, 30)]
+    start_counts = rig.node.frame_counts()
+    stamps = []
+    period = 1.0 / rate
+    start = time.monotonic()
+    total = int(rate * seconds)
+    for i in tqdm(range(total), desc=f'{rate:.0f} Hz 640x480', unit='frame'):
+        wait = start + i * period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        stamps.append(rig.publish(messages[i % len(messages)]))
+    sent_for = time.monotonic() - start
+    time.sleep(1.0)
+    counts = rig.node.frame_counts()
+    latency = [(stamp, (rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
+               for stamp in stamps if stamp in rig.arrivals]
+    third = max(1, len(latency) // 3)
+    return {
+        'sent': total, 'sent_hz': total / sent_for,
+        'received': counts['images'] - start_counts['images'],
+        'processed': counts['processed'] - start_counts['processed'],
+        'dropped': counts['dropped'] - start_counts['dropped'],
+        'processed_hz': (counts['processed'] - start_counts['processed']) / sent_for,
+        'latency_first_third_ms': float(np.median([ms for _, ms in latency[:third]])),
+        'latency_last_third_ms': float(np.median([ms for _, ms in latency[-third:]])),
+        'latency_p95_ms': float(np.percentile([ms for _, ms in latency], 95)),
+    }
+
+
+def bench_classic(keras_model, onnx_path, count):
+    """Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames."""
+    import onnxruntime as ort
+    from tqdm import tqdm
+    height, width = keras_model.input_shape[1:3]
+    batches = [(f.astype(np.float32) / 127.5 - 1.0)[None] for f in frames(height, width, count)]
+    session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    single = ort.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+    results = {}
+    for name, run in (('keras_predict', lambda b: keras_model.predict(b, verbose=0)),
+                      ('onnxruntime', lambda b: session.run(None, {'image': b})),
+                      ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}))):
+        run(batches[0])  # warm up
+        times = []
+        for batch in tqdm(batches, desc=name, unit='frame'):
+            start = time.perf_counter()
+            run(batch)
+            times.append((time.perf_counter() - start) * 1e3)
+        results[name] = float(np.median(times))
+    outputs = keras_model.predict(batches[0], verbose=0), session.run(None, {'image': batches[0]})
+    results['max_abs_difference'] = float(np.abs(outputs[0] - outputs[1][0]).max())
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import rclpy
+    with tempfile.TemporaryDirectory() as folder:
+        keras_model, exported = export_classic_model(folder)
+        model_path = args.model or exported
+        print(f'model for the node: {model_path}'
+              + ('' if args.model else ' (classic architecture, random weights)'))
+        rclpy.init()
+        try:
+            rig = Rig(model_path)
+            print(f'providers: {", ".join(rig.node.segmenter.providers)}')
+            stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames)
+                      for h, w in ((256, 256), (480, 640))}
+            rig.stop_overlay()
+            stages['640x480, no overlay subscriber'] = bench_stages(rig, (480, 640), args.frames)
+            throughput = bench_throughput(rig, args.rate, args.seconds)
+            rig.close()
+        finally:
+            rclpy.try_shutdown()
+        classic = None if args.skip_classic else bench_classic(keras_model, exported,
+                                                               args.classic_frames)
+    report(stages, throughput, classic)
+
+
+def report(stages, throughput, classic):
+    print('\n| input | convert | preprocess | infer | postprocess | publish | total | '
+          'overhead / infer |')
+    print('|---|---|---|---|---|---|---|---|')
+    for name, ms in stages.items():
+        total = sum(ms.values())
+        overhead = (total - ms['infer']) / ms['infer'] * 100.0
+        print(f'| {name} | ' + ' | '.join(f'{ms[s]:.2f}' for s in (
+            'convert', 'preprocess', 'infer', 'postprocess', 'publish'))
+            + f' | {total:.2f} | {overhead:.0f} % |')
+    print('\nthroughput: ' + ', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}'
+                                       for k, v in throughput.items()))
+    if classic:
+        keras_ms, ort_ms = classic['keras_predict'], classic['onnxruntime']
+        total_640 = sum(stages['640x480'].values())
+        print(f'\nper frame: Keras predict {keras_ms:.1f} ms, ONNX Runtime {ort_ms:.1f} ms '
+              f'(x{keras_ms / ort_ms:.1f}), with one thread '
+              f"{classic['onnxruntime_1_thread']:.1f} ms; "
+              f'the whole node at 640x480 {total_640:.1f} ms '
+              f'(x{keras_ms / total_640:.1f} against Keras predict alone); outputs differ by '
+              f"at most {classic['max_abs_difference']:.1e}")
+
+
+if __name__ == '__main__':
+    main()

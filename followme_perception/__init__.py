@@ -1,0 +1,1 @@
+"""Perception: segment camera frames with the followme FCN and locate the hero."""

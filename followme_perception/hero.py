@@ -1,0 +1,153 @@
+"""
+Where the hero is: the largest hero blob in a class mask, then 3D from depth, size or bearing.
+
+No ROS here. Positions are in the camera optical frame (REP 103: z forward, x right, y down).
+"""
+
+from dataclasses import dataclass
+import functools
+import math
+
+import cv2
+from followme_perception.detection import HeroDetection, IntrinsicsSource, RangeSource
+from followme_perception.segmenter import HERO
+import numpy as np
+
+# Fewer valid depth pixels than this in the blob and the median is not trusted.
+MIN_VALID_DEPTH_PIXELS = 5
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    source: IntrinsicsSource
+
+    @classmethod
+    def from_k(cls, k):
+        """From CameraInfo's row-major 3x3 K; None when it is unset (all zeros) or invalid."""
+        fx, fy, cx, cy = float(k[0]), float(k[4]), float(k[2]), float(k[5])
+        if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0.0 or fy <= 0.0:
+            return None
+        return cls(fx, fy, cx, cy, IntrinsicsSource.CAMERA_INFO)
+
+    @classmethod
+    def from_fov(cls, width, height, hfov_deg):
+        """Assume a pinhole with square pixels and the principal point at the centre."""
+        focal = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
+        return cls(focal, focal, width / 2.0, height / 2.0, IntrinsicsSource.ASSUMED_FOV)
+
+    def scaled_to(self, width, height, info_width, info_height):
+        """Rescale to an image of another size (CameraInfo of a binned stream)."""
+        if info_width <= 0 or info_height <= 0 or (width, height) == (info_width, info_height):
+            return self
+        sx, sy = width / info_width, height / info_height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, self.source)
+
+
+@dataclass(frozen=True)
+class HeroEstimate:
+    detection: HeroDetection
+    position: tuple = None   # (x, y, z) metres, or a unit vector when bearing-only; None if absent
+
+
+class HeroLocator:
+    """
+    Finds the largest hero blob and estimates the hero's position.
+
+    The blob search runs on the network's grid (a 160x160 mask, say), which is many times
+    cheaper than on the input image; the image-resolution figures (box, centroid, area) are
+    then exact for the nearest-neighbour upscaled mask the node publishes.
+    """
+
+    def __init__(self, min_pixels=30, person_height_m=1.75, assumed_hfov_deg=90.0):
+        self.min_pixels = int(min_pixels)
+        self.person_height_m = float(person_height_m)
+        self.assumed_hfov_deg = float(assumed_hfov_deg)
+
+    def locate(self, class_ids, hero_prob, depth=None, intrinsics=None, stamp=(0, 0),
+               image_size=None):
+        """
+        Return a HeroEstimate for one frame.
+
+        class_ids: (h, w) uint8 mask on the network grid; hero_prob: (h, w) hero probability;
+        image_size: the input image's (H, W), default (h, w); depth: (H, W) float metres with
+        NaN for no reading, or None; intrinsics: from CameraInfo for the image size, or None;
+        stamp: (sec, nanosec).
+        """
+        height, width = image_size or class_ids.shape
+        frame = {'stamp_sec': int(stamp[0]), 'stamp_nanosec': int(stamp[1]),
+                 'image_width': width, 'image_height': height}
+        rows, cols = _axis(class_ids.shape[0], height), _axis(class_ids.shape[1], width)
+        blob = self._largest_blob(class_ids, rows, cols)
+        if blob is None:
+            return HeroEstimate(HeroDetection(**frame))
+        (x0, y0, x1, y1), (cx, cy), area, (ys, xs), weights = blob
+        confidence = float(np.average(hero_prob[ys, xs], weights=weights))
+        camera = intrinsics or Intrinsics.from_fov(width, height, self.assumed_hfov_deg)
+        ray = np.array([(cx - camera.cx) / camera.fx, (cy - camera.cy) / camera.fy, 1.0])
+        z, source = None, RangeSource.DEPTH
+        if depth is not None:
+            seen = weights > 0
+            z = _median_depth(depth[rows.sample[ys[seen]], cols.sample[xs[seen]]])
+        if z is None and intrinsics is not None:
+            z, source = camera.fy * self.person_height_m / (y1 - y0), RangeSource.SIZE
+        if z is None:
+            position, range_m, source = ray / np.linalg.norm(ray), math.nan, RangeSource.BEARING
+        else:
+            position = ray * z
+            range_m = float(np.linalg.norm(position))
+        detection = HeroDetection(
+            present=1, cx=float(cx), cy=float(cy), x_min=float(x0), y_min=float(y0),
+            x_max=float(x1), y_max=float(y1), area_px=float(area), confidence=confidence,
+            range_m=range_m, range_source=source, intrinsics_source=camera.source, **frame)
+        return HeroEstimate(detection, tuple(float(v) for v in position))
+
+    def _largest_blob(self, class_ids, rows, cols):
+        hero = (class_ids == HERO).view(np.uint8)
+        if not hero.any():
+            return None
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(hero, connectivity=8)
+        best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        ys, xs = np.nonzero(labels == best)
+        weights = rows.count[ys] * cols.count[xs]   # image pixels behind each grid cell
+        area = int(weights.sum())
+        if area < self.min_pixels:
+            return None
+        centroid = (float(np.dot(weights, cols.centre[xs])) / area,
+                    float(np.dot(weights, rows.centre[ys])) / area)
+        x, y, w, h = (int(v) for v in stats[best, :4])
+        box = (cols.first[x], rows.first[y], cols.end[x + w - 1], rows.end[y + h - 1])
+        return box, centroid, area, (ys, xs), weights
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """How a nearest-neighbour resize spreads n grid cells over N image pixels, per cell."""
+
+    count: np.ndarray    # image pixels showing the cell
+    first: np.ndarray    # first such pixel
+    end: np.ndarray      # one past the last
+    centre: np.ndarray   # their mean index
+    sample: np.ndarray   # one of them (the middle), to read depth at
+
+
+@functools.lru_cache(maxsize=16)
+def _axis(cells, pixels):
+    # Ask OpenCV which cell each pixel shows, so this agrees with the mask's cv2.resize.
+    shown = cv2.resize(np.arange(cells, dtype=np.float32)[None], (pixels, 1),
+                       interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+    index = np.arange(cells)
+    first = np.searchsorted(shown, index, side='left')
+    end = np.searchsorted(shown, index, side='right')
+    return _Axis(end - first, first, end, (first + end - 1) / 2.0,
+                 np.minimum((first + end - 1) // 2, pixels - 1))
+
+
+def _median_depth(values):
+    values = values[np.isfinite(values) & (values > 0.0)]
+    if values.size < MIN_VALID_DEPTH_PIXELS:
+        return None
+    return float(np.median(values))

@@ -1,0 +1,450 @@
+"""
+perception_node: camera frames in; class mask, overlay, hero pose and detection summary out.
+
+The thin ROS shell around followme_perception's core. The image callback only keeps the newest
+frame; a worker thread processes whatever is newest when it is free, so a slow machine drops
+frames (counted) instead of building a backlog of stale ones.
+"""
+
+import argparse
+from collections import Counter, deque
+import sys
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from followme_common import paths
+from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
+                                        image_to_rgb, ImageConversionError)
+from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
+from followme_perception.hero import HeroLocator, Intrinsics
+from followme_perception.overlay import tint
+from followme_perception.segmenter import DEFAULT_PROVIDERS, HERO, ModelError, Segmenter
+from geometry_msgs.msg import Point, PoseStamped
+import numpy as np
+import onnxruntime as ort
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from visualization_msgs.msg import Marker
+
+RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
+               'reliable': ReliabilityPolicy.RELIABLE}
+THROTTLE_S = 5.0
+COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', '8UC3')
+STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
+TIMING_WINDOW = 100  # frames behind the medians in diagnostics
+
+
+def _float(description, low, high, read_only=False):
+    return ParameterDescriptor(description=description, read_only=read_only,
+                               floating_point_range=[FloatingPointRange(
+                                   from_value=float(low), to_value=float(high))])
+
+
+def _int(description, low, high, read_only=False):
+    return ParameterDescriptor(description=description, read_only=read_only,
+                               integer_range=[IntegerRange(from_value=low, to_value=high)])
+
+
+def _text(description):
+    return ParameterDescriptor(description=description, read_only=True)
+
+
+# name: (default, descriptor). Start-up settings are read-only; the rest apply to the next frame.
+PARAMETERS = {
+    'model_path': ('', _text(
+        "ONNX model file; empty means the package's shipped models/followme_fcn.onnx")),
+    'providers': (list(DEFAULT_PROVIDERS), _text(
+        'ONNX Runtime execution providers in order of preference; ones this build lacks are '
+        'skipped, and the ones really used are logged and reported in diagnostics')),
+    'intra_op_threads': (0, _int('ONNX Runtime threads inside one operator (0: its default)',
+                                 0, 256, read_only=True)),
+    'inter_op_threads': (0, _int('ONNX Runtime threads across operators (0: its default)',
+                                 0, 256, read_only=True)),
+    'warmup_runs': (3, _int('inferences on a blank frame at start-up', 0, 100, read_only=True)),
+    'qos_reliability': ('best_effort', _text(
+        "camera subscriptions' reliability: best_effort or reliable")),
+    'qos_depth': (1, _int("camera subscriptions' history depth (keep last N)", 1, 100,
+                          read_only=True)),
+    'min_hero_pixels': (30, _int('smallest hero blob, in input pixels, taken as the hero',
+                                 1, 10_000_000)),
+    'person_height_m': (1.75, _float('assumed hero height for range from blob size (m)',
+                                     0.3, 3.0)),
+    'assumed_hfov_deg': (90.0, _float(
+        'horizontal field of view assumed for bearings until CameraInfo arrives (deg)',
+        10.0, 170.0)),
+    'depth_sync_tolerance': (0.1, _float(
+        'largest |depth stamp - image stamp| for the depth to be used (s); 0 takes the newest '
+        'depth whatever its stamp', 0.0, 10.0)),
+    'overlay_alpha': (0.5, _float('tint strength in mask_overlay (0 none, 1 solid)', 0.0, 1.0)),
+    'diagnostics_period': (1.0, _float('seconds between /diagnostics reports', 0.1, 60.0,
+                                       read_only=True)),
+}
+
+
+class PerceptionNode(Node):
+    """Segments each newest camera frame and publishes the mask, overlay and hero estimate."""
+
+    def __init__(self, **kwargs):
+        super().__init__('perception_node', **kwargs)
+        self._lock = threading.Lock()  # guards the newest frame/depth/intrinsics and counters
+        self.add_on_set_parameters_callback(self._check_parameters)
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.locator = HeroLocator()
+        self._apply_parameters([])
+
+        model_path = self.get_parameter('model_path').value or str(paths.default_model_file())
+        self.segmenter = Segmenter(
+            model_path, self.get_parameter('providers').value,
+            self.get_parameter('intra_op_threads').value,
+            self.get_parameter('inter_op_threads').value,
+            self.get_parameter('warmup_runs').value)
+        info = self.segmenter.info
+        self.get_logger().info(
+            f'model {info.path} (input {info.height}x{info.width}, classes '
+            f'{",".join(info.classes)}), providers: {", ".join(self.segmenter.providers)}')
+        if self.segmenter.fell_back():
+            self.get_logger().warn(
+                f'ONNX Runtime fell back to {self.segmenter.providers[0]} although '
+                f'{self.segmenter.requested_providers[0]} was asked for (no GPU, driver or '
+                'library?)')
+
+        self._frame = None          # newest unprocessed (Image, arrival monotonic time)
+        self._depth = None          # newest depth Image
+        self._camera_info = None    # newest (Intrinsics, width, height)
+        self._errors = Counter()
+        self._reported_errors = Counter()
+        self._counts = Counter()    # images, processed, dropped
+        # Per frame: ms waiting for the worker, then ms per stage (STAGES).
+        self._timings = deque(maxlen=TIMING_WINDOW)
+        self._marker_shown = False
+        self._last_report = (time.monotonic(), Counter())
+
+        self._pub_mask = self.create_publisher(Image, 'mask', 1)
+        self._pub_overlay = self.create_publisher(Image, 'mask_overlay', 1)
+        self._pub_pose = self.create_publisher(PoseStamped, 'hero_pose', 10)
+        self._pub_detection = self.create_publisher(Float64MultiArray, 'hero_detection', 10)
+        self._pub_marker = self.create_publisher(Marker, 'hero_marker', 10)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST,
+                         depth=self.get_parameter('qos_depth').value,
+                         reliability=RELIABILITY[self.get_parameter('qos_reliability').value])
+        self.create_subscription(Image, 'image', self._on_image, qos)
+        self.create_subscription(Image, 'depth', self._on_depth, qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
+        self.create_timer(self.get_parameter('diagnostics_period').value,
+                          self._publish_diagnostics)
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name='perception_worker', daemon=True)
+        self._worker.start()
+
+    # Parameters -------------------------------------------------------------------------
+
+    def _check_parameters(self, params):
+        for param in params:
+            if param.name == 'qos_reliability' and param.value not in RELIABILITY:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"qos_reliability must be one of {', '.join(RELIABILITY)}, not "
+                           f"'{param.value}'")
+            if param.name == 'providers':
+                unknown = [p for p in param.value if p not in ort.get_all_providers()]
+                if unknown or not param.value:
+                    return SetParametersResult(
+                        successful=False,
+                        reason=f'providers must be a non-empty list of ONNX Runtime providers '
+                               f'({", ".join(ort.get_all_providers())}); unknown: {unknown}')
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, _params):
+        with self._lock:
+            self.locator.min_pixels = self.get_parameter('min_hero_pixels').value
+            self.locator.person_height_m = self.get_parameter('person_height_m').value
+            self.locator.assumed_hfov_deg = self.get_parameter('assumed_hfov_deg').value
+            self._depth_tolerance = self.get_parameter('depth_sync_tolerance').value
+            self._overlay_alpha = self.get_parameter('overlay_alpha').value
+
+    # Inputs: keep only the newest ---------------------------------------------------------
+
+    def _on_image(self, msg):
+        with self._lock:
+            self._counts['images'] += 1
+            if self._frame is not None:
+                self._counts['dropped'] += 1
+            self._frame = (msg, time.monotonic())
+        self._wake.set()
+
+    def _on_depth(self, msg):
+        with self._lock:
+            self._counts['depth_images'] += 1
+            self._depth = msg
+
+    def _on_camera_info(self, msg):
+        intrinsics = Intrinsics.from_k(msg.k)
+        if intrinsics is None:
+            self._bad_input('camera_info_invalid',
+                            f'camera_info has no usable K matrix ({list(msg.k)}); bearings use '
+                            'the assumed field of view')
+            return
+        with self._lock:
+            self._camera_info = (intrinsics, int(msg.width), int(msg.height))
+
+    def _bad_input(self, kind, text):
+        with self._lock:
+            self._errors[kind] += 1
+        self.get_logger().warn(f'{text} [{kind}]', throttle_duration_sec=THROTTLE_S)
+
+    # The worker ---------------------------------------------------------------------------
+
+    def _work(self):
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=0.2):
+                continue
+            with self._lock:
+                frame, self._frame = self._frame, None
+                self._wake.clear()
+            if frame is None:
+                continue
+            try:
+                self._process(*frame)
+            except Exception as error:  # keep serving frames whatever happens
+                self._bad_input('internal_error', f'processing a frame failed: {error!r}')
+
+    def _process(self, msg, arrived):
+        started = time.monotonic()
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageConversionError as error:
+            self._bad_input(_image_error_kind(msg), f'image dropped: {error}')
+            return
+        t_convert = time.monotonic()
+        batch = self.segmenter.preprocess(rgb)
+        t_pre = time.monotonic()
+        probs = self.segmenter.infer(batch)
+        t_infer = time.monotonic()
+        segmentation = self.segmenter.postprocess(probs, rgb.shape[:2])
+        with self._lock:
+            depth_msg, camera_info = self._depth, self._camera_info
+            tolerance, alpha = self._depth_tolerance, self._overlay_alpha
+        depth = self._matching_depth(msg, rgb.shape[:2], segmentation.net_ids, depth_msg,
+                                     tolerance)
+        intrinsics = self._intrinsics(rgb.shape[:2], camera_info)
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        with self._lock:
+            estimate = self.locator.locate(segmentation.net_ids, segmentation.hero_prob,
+                                           depth, intrinsics, stamp, rgb.shape[:2])
+        if depth is not None and estimate.detection.range_source != RangeSource.DEPTH:
+            self._bad_input('depth_no_valid_pixels', 'the hero blob has no valid depth '
+                            '(0, NaN or inf); range falls back to size or bearing')
+        t_post = time.monotonic()
+        self._publish(msg.header, rgb, segmentation.class_ids, estimate, alpha)
+        done = time.monotonic()
+        stage_s = (t_convert - started, t_pre - t_convert, t_infer - t_pre, t_post - t_infer,
+                   done - t_post)
+        with self._lock:
+            self._counts['processed'] += 1
+            self._timings.append([(started - arrived) * 1e3] + [t * 1e3 for t in stage_s])
+
+    def _matching_depth(self, msg, size, net_ids, depth_msg, tolerance):
+        """Return the newest depth in metres if it fits this frame (stamp, size), else None."""
+        if depth_msg is None or not (net_ids == HERO).any():
+            return None
+        if tolerance > 0.0:
+            gap = abs(_seconds(depth_msg.header.stamp) - _seconds(msg.header.stamp))
+            if gap > tolerance:
+                self._bad_input('depth_stale', f'newest depth is {gap:.3f} s away from the '
+                                f'image (depth_sync_tolerance {tolerance} s); not used')
+                return None
+        if (depth_msg.height, depth_msg.width) != size:
+            self._bad_input('depth_size_mismatch',
+                            f'depth is {depth_msg.width}x{depth_msg.height} but the image is '
+                            f'{size[1]}x{size[0]}; publish depth registered to the colour '
+                            'image at its resolution. Depth not used')
+            return None
+        try:
+            depth = depth_to_metres(depth_msg)
+        except ImageConversionError as error:
+            self._bad_input('depth_bad_image', f'depth dropped: {error}')
+            return None
+        return depth
+
+    @staticmethod
+    def _intrinsics(size, camera_info):
+        if camera_info is None:
+            return None
+        intrinsics, width, height = camera_info
+        return intrinsics.scaled_to(size[1], size[0], width, height)
+
+    # Outputs ------------------------------------------------------------------------------
+
+    def _publish(self, header, rgb, class_ids, estimate, alpha):
+        if self._pub_mask.get_subscription_count() > 0:
+            mask = fill_image(Image(), class_ids, 'mono8')
+            mask.header = header
+            self._pub_mask.publish(mask)
+        if self._pub_overlay.get_subscription_count() > 0:
+            overlay = fill_image(Image(), tint(rgb, class_ids, alpha), 'rgb8')
+            overlay.header = header
+            self._pub_overlay.publish(overlay)
+        detection = estimate.detection
+        summary = Float64MultiArray(data=detection.to_list())
+        summary.layout.dim = [MultiArrayDimension(label=LAYOUT_LABEL, size=len(FIELDS),
+                                                  stride=len(FIELDS))]
+        self._pub_detection.publish(summary)
+        if estimate.position is not None:
+            pose = PoseStamped(header=header)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = estimate.position
+            pose.pose.orientation.w = 1.0
+            self._pub_pose.publish(pose)
+        self._publish_marker(header, estimate)
+
+    def _publish_marker(self, header, estimate):
+        marker = Marker(header=header, ns='hero', id=0)
+        if estimate.position is None:
+            if not self._marker_shown:
+                return
+            marker.action = Marker.DELETE
+            self._marker_shown = False
+        elif estimate.detection.range_source == RangeSource.BEARING:
+            marker.type = Marker.ARROW
+            marker.points = [Point(), Point(x=2.0 * estimate.position[0],
+                                            y=2.0 * estimate.position[1],
+                                            z=2.0 * estimate.position[2])]
+            marker.scale.x, marker.scale.y, marker.scale.z = 0.05, 0.1, 0.1
+        else:
+            marker.type = Marker.SPHERE
+            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (
+                estimate.position)
+            marker.pose.orientation.w = 1.0
+            marker.scale.x = marker.scale.y = marker.scale.z = 0.5
+        if marker.action != Marker.DELETE:
+            marker.color.b, marker.color.a = 1.0, 0.8
+            self._marker_shown = True
+        self._pub_marker.publish(marker)
+
+    def _publish_diagnostics(self):
+        now = time.monotonic()
+        with self._lock:
+            counts, errors = Counter(self._counts), Counter(self._errors)
+        timings = self.frame_timings()
+        then, before = self._last_report
+        self._last_report = (now, counts)
+        elapsed = max(now - then, 1e-6)
+        input_hz = (counts['images'] - before['images']) / elapsed
+        processed_hz = (counts['processed'] - before['processed']) / elapsed
+        status = DiagnosticStatus(name=f'{self.get_name()}: segmentation',
+                                  hardware_id=str(self.segmenter.info.path))
+        status.level, status.message = DiagnosticStatus.OK, 'ok'
+        if self.segmenter.fell_back():
+            status.level = DiagnosticStatus.WARN
+            status.message = f'running on {self.segmenter.providers[0]} (fell back)'
+        elif counts['images'] == before['images']:
+            status.level, status.message = DiagnosticStatus.WARN, 'no images received'
+        elif sum(errors.values()) > sum(self._reported_errors.values()):
+            status.level, status.message = DiagnosticStatus.WARN, 'bad input (see counters)'
+        self._reported_errors = errors
+        values = {
+            'input_rate_hz': f'{input_hz:.2f}',
+            'processed_rate_hz': f'{processed_hz:.2f}',
+            'images_received': counts['images'],
+            'frames_processed': counts['processed'],
+            'frames_dropped': counts['dropped'],
+            'depth_images_received': counts['depth_images'],
+            'providers_requested': ','.join(self.segmenter.requested_providers),
+            'providers_active': ','.join(self.segmenter.providers),
+        }
+        values.update({f'{name}_ms': f'{np.median(ms):.2f}' if ms else 'n/a'
+                       for name, ms in timings.items()})
+        values['inference_ms'] = values['infer_ms']
+        values.update({f'errors.{kind}': count for kind, count in sorted(errors.items())})
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._pub_diagnostics.publish(array)
+
+    def error_counts(self):
+        """Return a copy of the bad-input counters by kind (also in /diagnostics)."""
+        with self._lock:
+            return Counter(self._errors)
+
+    def frame_timings(self):
+        """Return the last frames' timings in ms: {'wait': [...], 'convert': [...], ...}."""
+        with self._lock:
+            rows = list(self._timings)
+        return {name: [row[i] for row in rows] for i, name in enumerate(('wait',) + STAGES)}
+
+    def frame_counts(self):
+        """Return a copy of the frame counters: images, processed, dropped, depth_images."""
+        with self._lock:
+            return Counter(self._counts)
+
+    def destroy_node(self):
+        self._stop.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def _image_error_kind(msg):
+    if msg.encoding not in ENCODINGS:
+        return 'unknown_encoding'
+    if msg.encoding not in COLOUR_ENCODINGS:
+        return 'not_a_colour_encoding'
+    if msg.width == 0 or msg.height == 0:
+        return 'zero_size'
+    return 'bad_data_size'
+
+
+def _seconds(stamp):
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def parse_args(argv):
+    """--help for users; ROS arguments (--ros-args ...) pass through to rclpy."""
+    parameters = '\n'.join(f'  {name} (default {default!r}): {descriptor.description}'
+                           for name, (default, descriptor) in PARAMETERS.items())
+    parser = argparse.ArgumentParser(
+        prog='perception_node', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Segment camera frames (image, depth, camera_info) with the followme FCN '
+                    'and publish mask, mask_overlay, hero_pose, hero_detection, hero_marker '
+                    'and /diagnostics. See docs/perception.md.',
+        epilog='parameters (set with --ros-args -p NAME:=VALUE or a --params-file):\n'
+               + parameters)
+    parser.parse_args(remove_ros_args(argv)[1:])
+
+
+def main(args=None):
+    parse_args(sys.argv if args is None else args)
+    # Jazzy's rclpy.init() returns None (the context-manager form came later): shut down here.
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except ModelError as error:
+        print(f'perception_node: {error}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

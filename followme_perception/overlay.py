@@ -1,0 +1,19 @@
+"""The camera frame with other people tinted green and the hero blue, for rviz. No ROS."""
+
+import cv2
+import numpy as np
+
+# Tint per class id (0 background, 1 others, 2 hero) as a 256-entry table for cv2.LUT: the
+# classic mask colours, minus red. OpenCV calls here are several times faster than numpy
+# fancy indexing on a 640x480 frame.
+TINTS = np.zeros((256, 1, 3), np.uint8)
+TINTS[1, 0] = (0, 255, 0)
+TINTS[2, 0] = (0, 0, 255)
+
+
+def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend each person pixel with its class colour; background pixels stay as they are."""
+    colours = cv2.LUT(cv2.merge([class_ids, class_ids, class_ids]), TINTS)
+    blended = cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0)
+    cv2.copyTo(rgb, cv2.compare(class_ids, 0, cv2.CMP_EQ), blended)
+    return blended

@@ -1,0 +1,178 @@
+"""
+Semantic segmentation with ONNX Runtime: background / other people / hero, no ROS.
+
+The model contract (written by training/export, read here): one float32 NHWC RGB input
+[N, H, W, 3], one softmax output [N, H, W, 3], and metadata `followme.input_size` ("H,W"),
+`followme.input_scale` / `followme.input_offset` (pixel = uint8 * scale + offset) and
+`followme.classes` (the output channels' class names in order).
+"""
+
+from dataclasses import dataclass
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+# Our class ids, the values in the mask. A model may order its output channels differently.
+CLASS_IDS = {'background': 0, 'others': 1, 'hero': 2}
+HERO = CLASS_IDS['hero']
+DEFAULT_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
+                     'CPUExecutionProvider')
+_HOW_TO_FIX = ('point the model_path parameter (or `make run RUN_ARGS="--model FILE"`) at a '
+               'followme FCN exported by training/export.py, or train and export one first')
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable or does not follow the followme contract."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    input_name: str
+    height: int
+    width: int
+    scale: float
+    offset: float
+    classes: tuple        # output channel i holds class classes[i]
+    metadata: dict
+
+
+@dataclass
+class Segmentation:
+    class_ids: np.ndarray   # (H, W) uint8 class ids at the input resolution
+    net_ids: np.ndarray     # (h, w) uint8 class ids on the network grid
+    hero_prob: np.ndarray   # (h, w) float32 hero probability on the network grid
+
+
+def read_model_info(path, session) -> ModelInfo:
+    """Check a session's model against the contract; raise ModelError saying what is wrong."""
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f'{path}: expected one input and one output, got {len(inputs)} and '
+                         f'{len(outputs)}; {_HOW_TO_FIX}')
+    shape = inputs[0].shape
+    if len(shape) != 4 or shape[3] != 3:
+        raise ModelError(f'{path}: input {inputs[0].name!r} has shape {shape}; expected NHWC '
+                         f'[N, H, W, 3] (RGB); {_HOW_TO_FIX}')
+    if inputs[0].type != 'tensor(float)':
+        raise ModelError(f'{path}: input type is {inputs[0].type}, expected tensor(float)')
+    height, width = _input_size(path, meta, shape)
+    try:
+        scale = float(meta['followme.input_scale'])
+        offset = float(meta['followme.input_offset'])
+        classes = tuple(name.strip() for name in meta['followme.classes'].split(','))
+    except KeyError as missing:
+        raise ModelError(f'{path}: metadata {missing} is missing; {_HOW_TO_FIX}') from None
+    except ValueError as error:
+        raise ModelError(f'{path}: bad normalisation metadata ({error})') from None
+    if sorted(classes) != sorted(CLASS_IDS):
+        raise ModelError(f'{path}: followme.classes is {",".join(classes)!r}; expected the '
+                         f'three classes {",".join(CLASS_IDS)} in any order')
+    out_shape = outputs[0].shape
+    if len(out_shape) != 4 or out_shape[3] != len(classes):
+        raise ModelError(f'{path}: output shape {out_shape}; expected NHWC [N, H, W, '
+                         f'{len(classes)}] softmax probabilities')
+    return ModelInfo(Path(path), inputs[0].name, height, width, scale, offset, classes, meta)
+
+
+def _input_size(path, meta, shape):
+    fixed = [dim if isinstance(dim, int) and dim > 0 else None for dim in shape[1:3]]
+    if 'followme.input_size' in meta:
+        try:
+            height, width = (int(v) for v in meta['followme.input_size'].split(','))
+        except ValueError:
+            raise ModelError(f'{path}: followme.input_size is '
+                             f'{meta["followme.input_size"]!r}, expected "H,W"') from None
+    elif None not in fixed:
+        height, width = fixed
+    else:
+        raise ModelError(f'{path}: the input size is dynamic and followme.input_size metadata '
+                         f'is missing; {_HOW_TO_FIX}')
+    if height <= 0 or width <= 0:
+        raise ModelError(f'{path}: input size {height}x{width} is not positive')
+    for dim, want, name in ((fixed[0], height, 'height'), (fixed[1], width, 'width')):
+        if dim is not None and dim != want:
+            raise ModelError(f'{path}: input {name} is fixed at {dim} but followme.input_size '
+                             f'says {want}')
+    return height, width
+
+
+class Segmenter:
+    """An ONNX Runtime session that turns an RGB frame into class ids and hero probabilities."""
+
+    def __init__(self, model_path, providers=DEFAULT_PROVIDERS, intra_op_threads=0,
+                 inter_op_threads=0, warmup_runs=2):
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelError(f'model file {path} not found; {_HOW_TO_FIX}')
+        available = ort.get_available_providers()
+        self.requested_providers = tuple(providers)
+        unknown = [p for p in providers if p not in ort.get_all_providers()]
+        if unknown:
+            raise ModelError(f'unknown execution provider(s) {", ".join(unknown)}; known: '
+                             f'{", ".join(ort.get_all_providers())}')
+        # Asking ONNX Runtime for a provider its build lacks is an error; skip those here and
+        # let get_providers() below tell what the session really runs on.
+        usable = [p for p in providers if p in available] or ['CPUExecutionProvider']
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_threads)
+        options.inter_op_num_threads = int(inter_op_threads)
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), sess_options=options,
+                                                providers=usable)
+        except Exception as error:  # ORT raises several private exception types
+            raise ModelError(f'cannot load model {path}: {error}; {_HOW_TO_FIX}') from None
+        self.providers = tuple(self.session.get_providers())
+        self.info = read_model_info(path, self.session)
+        # Output channel -> our class id, and which channel is the hero.
+        self._channel_to_id = np.array([CLASS_IDS[c] for c in self.info.classes], np.uint8)
+        self._hero_channel = self.info.classes.index('hero')
+        self._identity_order = bool(np.all(self._channel_to_id == np.arange(3)))
+        # uint8 -> normalised float32 in one table lookup.
+        self._lut = (np.arange(256, dtype=np.float32) * np.float32(self.info.scale)
+                     + np.float32(self.info.offset))
+        self._warm_up(warmup_runs)
+
+    @property
+    def input_size(self):
+        return self.info.height, self.info.width
+
+    def fell_back(self) -> bool:
+        """Tell whether the session runs on another provider than the first usable one."""
+        available = [p for p in self.requested_providers if p in ort.get_available_providers()]
+        return bool(available) and self.providers[0] != available[0]
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (1, h, w, 3) float32 network input."""
+        height, width = self.input_size
+        if rgb.shape[:2] != (height, width):
+            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+        return self._lut[rgb][None]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(1, h, w, 3) network input -> (h, w, C) probabilities, channels in model order."""
+        return self.session.run(None, {self.info.input_name: batch})[0][0]
+
+    def postprocess(self, probs: np.ndarray, size) -> Segmentation:
+        """Probabilities at network size -> class ids at `size` (H, W), hero probability."""
+        channels = np.argmax(probs, axis=2).astype(np.uint8)
+        net_ids = channels if self._identity_order else self._channel_to_id[channels]
+        height, width = size
+        ids = net_ids
+        if ids.shape != (height, width):
+            ids = cv2.resize(net_ids, (width, height), interpolation=cv2.INTER_NEAREST)
+        return Segmentation(ids, net_ids, probs[:, :, self._hero_channel])
+
+    def segment(self, rgb: np.ndarray) -> Segmentation:
+        return self.postprocess(self.infer(self.preprocess(rgb)), rgb.shape[:2])
+
+    def _warm_up(self, runs):
+        # The first runs allocate memory and pick kernels; do it before the first real frame.
+        batch = np.zeros((1, *self.input_size, 3), np.float32)
+        for _ in range(int(runs)):
+            self.infer(batch)

@@ -1,0 +1,74 @@
+"""Tiny but real ONNX models that follow the followme model contract, for perception tests.
+
+The colour model is a fixed 1x1 convolution (a MatMul over the channel axis) and a softmax:
+a pixel's class is its strongest colour channel, in the classic mask colours: red background,
+green other people, blue hero. So a synthetic frame says exactly what the mask must be.
+"""
+
+import numpy as np
+import onnx
+from onnx import helper, TensorProto
+
+CLASSIC_SCALE = 1.0 / 127.5
+CLASSIC_OFFSET = -1.0
+
+
+def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0,
+                 metadata=None, channels_first=False, batch='N'):
+    """Write the colour-class model to `path` and return the path.
+
+    `classes` names the output channels in order; channel i is driven by colour channel
+    (red, green, blue) of the class it names, so any order still maps blue to the hero.
+    `metadata` replaces the contract's metadata (None: a complete, correct set).
+    `channels_first` builds an NCHW input [N, 3, H, W] (a model that does not fit the node).
+    """
+    height, width = size
+    colour_of = {'background': 0, 'others': 1, 'hero': 2}
+    weights = np.zeros((3, 3), np.float32)
+    for channel, name in enumerate(classes.split(',')):
+        weights[colour_of[name], channel] = gain
+    nodes = [helper.make_node('MatMul', ['pixels', 'weights'], ['logits']),
+             helper.make_node('Softmax', ['logits'], ['probabilities'], axis=-1)]
+    if channels_first:
+        shape = [batch, 3, height, width]
+        nodes.insert(0, helper.make_node('Transpose', ['image'], ['pixels'], perm=[0, 2, 3, 1]))
+    else:
+        shape = [batch, height, width, 3]
+        nodes.insert(0, helper.make_node('Identity', ['image'], ['pixels']))
+    graph = helper.make_graph(
+        nodes,
+        'followme_colour_fcn',
+        [helper.make_tensor_value_info('image', TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT,
+                                       [batch, height, width, 3])],
+        [helper.make_tensor('weights', TensorProto.FLOAT, [3, 3], weights.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)],
+                              producer_name='followme-tests')
+    model.ir_version = 8
+    if metadata is None:
+        metadata = {'followme.input_size': f'{height},{width}',
+                    'followme.input_scale': repr(CLASSIC_SCALE),
+                    'followme.input_offset': repr(CLASSIC_OFFSET),
+                    'followme.classes': classes}
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def scene(height=240, width=320, hero_box=(140, 60, 180, 200), others_box=(20, 80, 60, 160)):
+    """Draw a synthetic RGB frame: red background, a green bystander, a blue hero.
+
+    Boxes are (x_min, y_min, x_max, y_max), max exclusive. Returns (rgb, expected class ids).
+    """
+    rgb = np.zeros((height, width, 3), np.uint8)
+    ids = np.zeros((height, width), np.uint8)
+    rgb[:, :] = (200, 40, 30)
+    for box, colour, class_id in ((others_box, (30, 190, 40), 1), (hero_box, (20, 30, 210), 2)):
+        if box is not None:
+            x0, y0, x1, y1 = box
+            rgb[y0:y1, x0:x1] = colour
+            ids[y0:y1, x0:x1] = class_id
+    return rgb, ids

@@ -1,0 +1,122 @@
+"""followme_common.image_msgs: Image fields <-> numpy, on real messages and plain objects."""
+
+import array
+from types import SimpleNamespace
+
+from followme_common.image_msgs import (depth_to_metres, fill_image, image_to_array,
+                                        image_to_rgb, ImageConversionError)
+import numpy as np
+import pytest
+
+RGB = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+
+
+def raw(pixels, encoding, pad=0, bigendian=False, data_type=bytes):
+    """Build a plain Image-like object, rows padded with `pad` junk bytes."""
+    pixels = np.ascontiguousarray(pixels)
+    if bigendian:
+        pixels = pixels.astype(pixels.dtype.newbyteorder('>'))
+    height, width = pixels.shape[:2]
+    rows = pixels.view(np.uint8).reshape(height, -1)
+    rows = np.concatenate([rows, np.full((height, pad), 0xEE, np.uint8)], axis=1)
+    data = rows.tobytes()
+    if data_type is array.array:
+        data = array.array('B', data)
+    elif data_type is list:
+        data = list(data)
+    elif data_type is np.ndarray:
+        data = np.frombuffer(data, np.uint8)
+    return SimpleNamespace(height=height, width=width, encoding=encoding,
+                           is_bigendian=int(bigendian), step=rows.shape[1], data=data)
+
+
+@pytest.mark.parametrize('encoding,pixels', [
+    ('rgb8', RGB), ('bgr8', RGB[:, :, ::-1]),
+    ('rgba8', np.dstack([RGB, np.full((4, 5), 9, np.uint8)])),
+    ('bgra8', np.dstack([RGB[:, :, ::-1], np.full((4, 5), 9, np.uint8)])),
+    ('8UC3', RGB)])
+@pytest.mark.parametrize('pad', [0, 3, 16])
+def test_every_colour_encoding_gives_rgb(encoding, pixels, pad):
+    out = image_to_rgb(raw(pixels, encoding, pad))
+    np.testing.assert_array_equal(out, RGB)
+    assert out.flags['C_CONTIGUOUS'] and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize('encoding', ['mono8', '8UC1'])
+def test_mono_becomes_grey_rgb(encoding):
+    grey = RGB[:, :, 0]
+    out = image_to_rgb(raw(grey, encoding, pad=2))
+    assert out.shape == (4, 5, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[:, :, channel], grey)
+
+
+@pytest.mark.parametrize('data_type', [bytes, array.array, list, np.ndarray])
+def test_data_containers_from_rclpy_rosbags_and_lists(data_type):
+    np.testing.assert_array_equal(image_to_rgb(raw(RGB, 'rgb8', 1, data_type=data_type)), RGB)
+
+
+def test_real_rclpy_message_round_trip():
+    sensor_msgs = pytest.importorskip('sensor_msgs.msg')
+    msg = fill_image(sensor_msgs.Image(), RGB, 'rgb8')
+    assert (msg.height, msg.width, msg.step, msg.is_bigendian) == (4, 5, 15, 0)
+    np.testing.assert_array_equal(image_to_array(msg), RGB)
+
+
+def test_depth_32fc1_is_metres_and_no_readings_become_nan():
+    metres = np.array([[1.5, 0.0, np.nan], [np.inf, -np.inf, 2.25]], np.float32)
+    depth = depth_to_metres(raw(metres, '32FC1', pad=4))
+    assert depth.dtype == np.float32
+    np.testing.assert_array_equal(depth, [[1.5, np.nan, np.nan], [np.nan, np.nan, 2.25]])
+
+
+@pytest.mark.parametrize('encoding', ['16UC1', 'mono16'])
+def test_depth_16uc1_is_millimetres(encoding):
+    millimetres = np.array([[1500, 0], [65535, 42]], np.uint16)
+    depth = depth_to_metres(raw(millimetres, encoding, pad=2))
+    np.testing.assert_allclose(depth, [[1.5, np.nan], [65.535, 0.042]], rtol=1e-6)
+
+
+def test_big_endian_data_is_read_in_wire_order():
+    millimetres = np.array([[258, 1000]], np.uint16)
+    np.testing.assert_allclose(depth_to_metres(raw(millimetres, '16UC1', bigendian=True)),
+                               [[0.258, 1.0]], rtol=1e-6)
+    metres = np.array([[3.5, 0.25]], np.float32)
+    np.testing.assert_array_equal(depth_to_metres(raw(metres, '32FC1', bigendian=True)),
+                                  metres)
+
+
+def test_little_endian_16bit_is_not_swapped():
+    msg = raw(np.array([[258]], np.uint16), 'mono16')
+    assert image_to_array(msg)[0, 0] == 258
+
+
+@pytest.mark.parametrize('change,words', [
+    ({'encoding': 'yuv422'}, 'unsupported encoding'),
+    ({'height': 0}, 'zero-size'),
+    ({'width': 0}, 'zero-size'),
+    ({'step': 14}, 'step 14 is smaller'),
+    ({'data': bytes(59)}, 'expected step x height'),
+])
+def test_malformed_messages_raise_a_clear_error(change, words):
+    msg = raw(RGB, 'rgb8')
+    for field, value in change.items():
+        setattr(msg, field, value)
+    with pytest.raises(ImageConversionError, match=words):
+        image_to_rgb(msg)
+
+
+def test_wrong_kind_of_image_is_refused():
+    with pytest.raises(ImageConversionError, match='not a colour image'):
+        image_to_rgb(raw(np.zeros((2, 2), np.uint16), '16UC1'))
+    with pytest.raises(ImageConversionError, match='REP 118'):
+        depth_to_metres(raw(RGB, 'rgb8'))
+
+
+def test_fill_image_packs_rows_and_checks_shape():
+    msg = fill_image(SimpleNamespace(), np.zeros((3, 7), np.float32), '32FC1')
+    assert (msg.step, len(msg.data), msg.encoding) == (28, 84, '32FC1')
+    with pytest.raises(ImageConversionError, match='does not fit'):
+        fill_image(SimpleNamespace(), np.zeros((3, 7), np.uint8), 'rgb8')
+    with pytest.raises(ImageConversionError, match='unsupported'):
+        fill_image(SimpleNamespace(), RGB, 'rgb9')

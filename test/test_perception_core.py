@@ -1,0 +1,242 @@
+"""The perception core without ROS: segmenter, hero locator, overlay, detection summary."""
+
+import math
+
+import cv2
+from followme_perception.detection import (FIELDS, HeroDetection, INDEX, IntrinsicsSource,
+                                           RangeSource)
+from followme_perception.hero import HeroLocator, Intrinsics
+from followme_perception.overlay import tint
+from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError, Segmenter
+import numpy as np
+import onnx
+import onnxruntime as ort
+from perception_models import CLASSIC_OFFSET, CLASSIC_SCALE, colour_model, scene
+import pytest
+
+FRAME = (240, 320)
+
+
+@pytest.fixture
+def model(tmp_path):
+    return colour_model(tmp_path / 'colour.onnx', size=(48, 64))
+
+
+# Segmenter ------------------------------------------------------------------------------
+
+
+def test_metadata_sets_size_normalisation_and_classes(model):
+    segmenter = Segmenter(model, warmup_runs=1)
+    assert segmenter.input_size == (48, 64)
+    assert segmenter.info.classes == ('background', 'others', 'hero')
+    rgb = np.arange(64 * 48 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8)
+    batch = segmenter.preprocess(rgb)
+    assert batch.shape == (1, 48, 64, 3) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0], rgb * CLASSIC_SCALE + CLASSIC_OFFSET, atol=1e-6)
+
+
+def test_segment_matches_onnx_runtime_run_directly(model):
+    rgb, truth = scene()
+    segmentation = Segmenter(model, warmup_runs=0).segment(rgb)
+    session = ort.InferenceSession(str(model), providers=['CPUExecutionProvider'])
+    small = cv2.resize(rgb, (64, 48), interpolation=cv2.INTER_LINEAR)
+    probs = session.run(None, {'image': (small * np.float32(CLASSIC_SCALE)
+                                         + np.float32(CLASSIC_OFFSET))[None]})[0][0]
+    expected = cv2.resize(np.argmax(probs, 2).astype(np.uint8), (320, 240),
+                          interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(segmentation.class_ids, expected)
+    # The synthetic scene's boxes sit on the 5x grid, so the mask is also the ground truth.
+    np.testing.assert_array_equal(segmentation.class_ids, truth)
+    np.testing.assert_allclose(segmentation.hero_prob, probs[:, :, 2])
+
+
+@pytest.mark.parametrize('classes', ['hero,background,others', 'others,hero,background'])
+def test_any_output_class_order_maps_to_our_ids(tmp_path, classes):
+    rgb, truth = scene()
+    permuted = Segmenter(colour_model(tmp_path / 'p.onnx', size=(48, 64), classes=classes),
+                         warmup_runs=0).segment(rgb)
+    np.testing.assert_array_equal(permuted.class_ids, truth)
+    assert permuted.hero_prob[truth[::5, ::5] == 2].min() > 0.9
+
+
+def test_dynamic_size_model_uses_metadata_size(tmp_path):
+    path = colour_model(tmp_path / 'dyn.onnx', size=(40, 40))
+    model = onnx.load(str(path))
+    for value_info in (model.graph.input[0], model.graph.output[0]):
+        dims = value_info.type.tensor_type.shape.dim
+        dims[1].dim_param, dims[2].dim_param = 'height', 'width'
+    onnx.save(model, str(path))
+    segmenter = Segmenter(path, warmup_runs=1)
+    assert segmenter.input_size == (40, 40)
+    del model.metadata_props[:]
+    for key, value in (('followme.input_scale', '1'), ('followme.input_offset', '0'),
+                       ('followme.classes', 'background,others,hero')):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match='dynamic'):
+        Segmenter(path)
+
+
+@pytest.mark.parametrize('metadata,words', [
+    ({'followme.input_size': '48,64', 'followme.input_scale': '1',
+      'followme.classes': 'background,others,hero'}, 'input_offset'),
+    ({'followme.input_size': '32,32', 'followme.input_scale': '1', 'followme.input_offset': '0',
+      'followme.classes': 'background,others,hero'}, 'fixed at'),
+    ({'followme.input_size': '48,64', 'followme.input_scale': '1', 'followme.input_offset': '0',
+      'followme.classes': 'road,car,hero'}, 'three classes'),
+    ({'followme.input_size': '48x64', 'followme.input_scale': '1',
+      'followme.input_offset': '0', 'followme.classes': 'background,others,hero'}, 'H,W'),
+])
+def test_contract_violations_fail_with_a_reason(tmp_path, metadata, words):
+    with pytest.raises(ModelError, match=words):
+        Segmenter(colour_model(tmp_path / 'bad.onnx', size=(48, 64), metadata=metadata))
+
+
+def test_missing_corrupt_and_channels_first_models_fail_clearly(tmp_path):
+    with pytest.raises(ModelError, match='not found.*model_path'):
+        Segmenter(tmp_path / 'nothing.onnx')
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'\x08\x07garbage')
+    with pytest.raises(ModelError, match='cannot load'):
+        Segmenter(corrupt)
+    with pytest.raises(ModelError, match=r'NHWC'):
+        Segmenter(colour_model(tmp_path / 'nchw.onnx', channels_first=True))
+
+
+def test_providers_are_checked_and_reported(model):
+    segmenter = Segmenter(model, providers=DEFAULT_PROVIDERS, intra_op_threads=1,
+                          inter_op_threads=1, warmup_runs=0)
+    available = ort.get_available_providers()
+    assert set(segmenter.providers) <= set(available)
+    assert segmenter.providers == tuple(segmenter.session.get_providers())
+    assert segmenter.requested_providers == DEFAULT_PROVIDERS
+    if 'CUDAExecutionProvider' not in available:
+        assert segmenter.providers == ('CPUExecutionProvider',)
+        assert not segmenter.fell_back()
+    with pytest.raises(ModelError, match='unknown execution provider'):
+        Segmenter(model, providers=['NoSuchExecutionProvider'])
+
+
+# Hero locator ---------------------------------------------------------------------------
+
+
+def _prob_from(ids, value=0.8):
+    return np.where(ids == 2, value, 0.1).astype(np.float32)
+
+
+def test_largest_hero_blob_wins_and_small_blobs_are_ignored():
+    ids = np.zeros(FRAME, np.uint8)
+    ids[10:20, 10:20] = 2        # 100 px
+    ids[100:150, 200:220] = 2    # 1000 px: the hero
+    ids[60:70, 60:70] = 1        # others never count
+    locator = HeroLocator(min_pixels=50)
+    detection = locator.locate(ids, _prob_from(ids), stamp=(7, 9)).detection
+    assert detection.present == 1 and detection.area_px == 1000
+    assert (detection.x_min, detection.y_min, detection.x_max, detection.y_max) == (
+        200, 100, 220, 150)
+    assert (detection.cx, detection.cy) == (209.5, 124.5)
+    assert (detection.stamp_sec, detection.stamp_nanosec) == (7, 9)
+    assert detection.confidence == pytest.approx(0.8)
+    assert HeroLocator(min_pixels=1001).locate(ids, _prob_from(ids)).detection.present == 0
+
+
+def test_confidence_is_the_mean_hero_probability_over_the_blob():
+    ids = np.zeros((48, 64), np.uint8)
+    ids[:, 32:] = 2
+    prob = np.zeros((48, 64), np.float32)
+    prob[:24, 32:], prob[24:, 32:] = 0.6, 0.8
+    detection = HeroLocator().locate(ids, prob, image_size=FRAME).detection
+    assert detection.confidence == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize('image_size', [(240, 320), (480, 640), (100, 90), (48, 64)])
+def test_grid_blob_equals_the_blob_of_the_upscaled_mask(image_size):
+    """Searching on the network grid gives the figures of the mask the node publishes."""
+    rng = np.random.default_rng(3)
+    ids = np.zeros((48, 64), np.uint8)
+    ids[5:30, 40:52] = 2
+    ids[rng.random(ids.shape) < 0.05] = 1    # speckle cuts into the hero
+    ids[40:44, 2:6] = 2                      # a smaller second blob
+    prob = rng.random(ids.shape).astype(np.float32)
+    height, width = image_size
+    on_grid = HeroLocator(min_pixels=1).locate(ids, prob, image_size=image_size).detection
+    big_ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+    big_prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_NEAREST)
+    full = HeroLocator(min_pixels=1).locate(big_ids, big_prob).detection
+    assert on_grid.area_px == full.area_px
+    assert (on_grid.x_min, on_grid.y_min, on_grid.x_max, on_grid.y_max) == (
+        full.x_min, full.y_min, full.x_max, full.y_max)
+    assert (on_grid.cx, on_grid.cy) == (pytest.approx(full.cx), pytest.approx(full.cy))
+    assert on_grid.confidence == pytest.approx(full.confidence, rel=1e-5)
+    labels = cv2.connectedComponentsWithStats((big_ids == 2).view(np.uint8), connectivity=8)
+    assert full.area_px == labels[2][1:, cv2.CC_STAT_AREA].max()
+
+
+def test_depth_median_ignores_holes_and_outliers():
+    ids = np.zeros(FRAME, np.uint8)
+    ids[40:200, 100:140] = 2
+    depth = np.full(FRAME, 9.0, np.float32)
+    depth[40:200, 100:140] = 3.0
+    depth[40:60, 100:140] = np.nan       # holes
+    depth[60:70, 100:140] = 0.5          # a few wrong readings
+    camera = Intrinsics.from_k([250, 0, 160, 0, 250, 120, 0, 0, 1])
+    estimate = HeroLocator().locate(ids, _prob_from(ids), depth, camera)
+    assert estimate.detection.range_source == RangeSource.DEPTH
+    x, y, z = estimate.position
+    assert z == pytest.approx(3.0)
+    assert x == pytest.approx((119.5 - 160) / 250 * 3.0)
+    assert y == pytest.approx((119.5 - 120) / 250 * 3.0)
+    assert estimate.detection.range_m == pytest.approx(math.hypot(x, y, z))
+
+
+def test_size_range_then_bearing_only_when_depth_is_missing():
+    ids = np.zeros(FRAME, np.uint8)
+    ids[20:120, 150:170] = 2             # 100 px tall
+    empty_depth = np.full(FRAME, np.nan, np.float32)
+    camera = Intrinsics.from_k([200, 0, 160, 0, 200, 120, 0, 0, 1])
+    locator = HeroLocator(person_height_m=1.5)
+    sized = locator.locate(ids, _prob_from(ids), empty_depth, camera)
+    assert sized.detection.range_source == RangeSource.SIZE
+    assert sized.position[2] == pytest.approx(200 * 1.5 / 100)
+    bearing = locator.locate(ids, _prob_from(ids), None, None)
+    assert bearing.detection.range_source == RangeSource.BEARING
+    assert bearing.detection.intrinsics_source == IntrinsicsSource.ASSUMED_FOV
+    assert math.isnan(bearing.detection.range_m)
+    assert math.hypot(*bearing.position) == pytest.approx(1.0)
+    assert bearing.position[1] < 0.0     # above the image centre: y is down in REP 103
+
+
+def test_intrinsics_from_camera_info_fov_and_scaling():
+    assert Intrinsics.from_k([0.0] * 9) is None
+    assert Intrinsics.from_k([math.nan, 0, 1, 0, 1, 1, 0, 0, 1]) is None
+    fov = Intrinsics.from_fov(320, 240, 90.0)
+    assert (fov.fx, fov.cx, fov.cy) == (pytest.approx(160.0), 160.0, 120.0)
+    half = Intrinsics.from_k([400, 0, 320, 0, 400, 240, 0, 0, 1]).scaled_to(320, 240, 640, 480)
+    assert (half.fx, half.fy, half.cx, half.cy) == (200.0, 200.0, 160.0, 120.0)
+
+
+# Overlay and the detection summary ------------------------------------------------------
+
+
+def test_overlay_tints_people_and_keeps_background():
+    rgb, ids = scene()
+    out = tint(rgb, ids, alpha=0.5)
+    np.testing.assert_array_equal(out[ids == 0], rgb[ids == 0])
+    assert (out[ids == 2][:, 2] > rgb[ids == 2][:, 2]).all()
+    assert (out[ids == 1][:, 1] >= rgb[ids == 1][:, 1]).all()
+    assert not np.array_equal(out[ids == 2], rgb[ids == 2])
+
+
+def test_detection_round_trip_and_layout():
+    detection = HeroDetection(stamp_sec=1_700_000_000, stamp_nanosec=999_999_999, present=1,
+                              cx=10.5, cy=4.0, range_m=3.25, range_source=RangeSource.SIZE,
+                              image_width=640, image_height=480)
+    values = detection.to_list()
+    assert len(values) == len(FIELDS) == 16
+    assert values[INDEX['range_source']] == 2.0 and values[INDEX['stamp_sec']] == 1_700_000_000
+    assert HeroDetection.from_list(values) == detection
+    assert detection.has_range and not HeroDetection().has_range
+    assert math.isnan(HeroDetection().range_m)
+    with pytest.raises(ValueError, match='16 values'):
+        HeroDetection.from_list(values[:-1])

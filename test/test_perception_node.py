@@ -1,0 +1,361 @@
+"""perception_node over real rclpy and Fast DDS, with a real (tiny) ONNX model.
+
+A probe node publishes camera frames and listens to every output. The model is the fixed
+colour model of perception_models.py, so the expected mask of a synthetic scene is known, and
+the 'offline' mask is computed here with ONNX Runtime and OpenCV directly, not through the
+node's code.
+"""
+
+import itertools
+import math
+import uuid
+
+from conftest import DATA, spin_until
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray
+from followme_common.image_msgs import fill_image, image_to_array
+from followme_perception.detection import HeroDetection, RangeSource
+from followme_perception.node import PerceptionNode
+from followme_perception.segmenter import ModelError
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+import onnxruntime as ort
+from perception_models import colour_model, scene
+import pytest
+import rclpy
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float64MultiArray
+from visualization_msgs.msg import Marker
+
+NET_SIZE = (48, 64)    # the model's input (H, W); frames are 240x320, 5x larger
+K = (200.0, 0.0, 160.0, 0.0, 200.0, 120.0, 0.0, 0.0, 1.0)
+_stamps = itertools.count(1)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return colour_model(tmp_path / 'colour.onnx', size=NET_SIZE)
+
+
+class Probe:
+    """Publishes camera topics into a namespace and records every perception output."""
+
+    def __init__(self, executor, namespace):
+        self.node = rclpy.create_node(f'probe_{uuid.uuid4().hex[:8]}', namespace=namespace)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.node.create_publisher(Image, 'image', qos)
+        self.pub_depth = self.node.create_publisher(Image, 'depth', qos)
+        self.pub_info = self.node.create_publisher(CameraInfo, 'camera_info', qos)
+        self.received = {name: [] for name in
+                         ('mask', 'mask_overlay', 'hero_pose', 'hero_detection', 'hero_marker')}
+        self.diagnostics = []
+        for name, msg_type in (('mask', Image), ('mask_overlay', Image),
+                               ('hero_pose', PoseStamped), ('hero_detection', Float64MultiArray),
+                               ('hero_marker', Marker)):
+            self.node.create_subscription(msg_type, name, self.received[name].append, 50)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      self.diagnostics.append, 50)
+        executor.add_node(self.node)
+        self.executor = executor
+
+    def connect(self, perception):
+        """Wait until both sides have discovered each other (DDS discovery is asynchronous)."""
+        pubs = (perception._pub_mask, perception._pub_overlay, perception._pub_detection)
+        assert spin_until(self.executor, lambda: all(
+            p.get_subscription_count() > 0 for p in pubs)
+            and self.pub_image.get_subscription_count() > 0
+            and self.pub_depth.get_subscription_count() > 0
+            and self.pub_info.get_subscription_count() > 0)
+
+    def send(self, image, depth=None, info=None):
+        """Publish one frame (and its depth / camera info, same stamp); return the stamp."""
+        sec = next(_stamps)
+        for msg in (info, depth, image):
+            if msg is not None:
+                msg.header.stamp.sec, msg.header.stamp.nanosec = sec, 500
+                msg.header.frame_id = 'camera_optical'
+        if info is not None:
+            self.pub_info.publish(info)
+        if depth is not None:
+            self.pub_depth.publish(depth)
+        self.pub_image.publish(image)
+        return sec
+
+    def detection_for(self, sec, timeout=10.0):
+        """Spin until the detection summary of the frame stamped `sec` arrives; return it."""
+        def found():
+            return any(HeroDetection.from_list(m.data).stamp_sec == sec
+                       for m in self.received['hero_detection'])
+        assert spin_until(self.executor, found, timeout), f'no detection for frame {sec}'
+        decoded = (HeroDetection.from_list(m.data) for m in self.received['hero_detection'])
+        return next(d for d in decoded if d.stamp_sec == sec)
+
+    def latest(self, topic, sec):
+        """Return the message on `topic` stamped `sec`."""
+        assert spin_until(self.executor, lambda: any(
+            m.header.stamp.sec == sec for m in self.received[topic]))
+        return next(m for m in self.received[topic] if m.header.stamp.sec == sec)
+
+
+@pytest.fixture
+def rig(executor, model_file):
+    """Build a perception node and a probe in a fresh namespace, with extra parameters."""
+    def make(**params):
+        namespace = f'/test_{uuid.uuid4().hex[:8]}'
+        overrides = [Parameter('model_path', value=str(model_file)),
+                     Parameter('warmup_runs', value=1)]
+        overrides += [Parameter(name, value=value) for name, value in params.items()]
+        node = PerceptionNode(namespace=namespace, parameter_overrides=overrides)
+        executor.add_node(node)
+        probe = Probe(executor, namespace)
+        probe.connect(node)
+        return node, probe
+    return make
+
+
+def image_msg(rgb, encoding='rgb8', pad=0):
+    """Build an Image in `encoding` from an RGB array, rows padded by `pad` bytes."""
+    converted = {
+        'rgb8': rgb, 'bgr8': rgb[:, :, ::-1],
+        'rgba8': np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+        'bgra8': np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 7, np.uint8)]),
+        'mono8': cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+    }[encoding]
+    msg = fill_image(Image(), converted, encoding)
+    if pad:
+        rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+        padded = np.concatenate([rows, np.full((msg.height, pad), 0xAB, np.uint8)], axis=1)
+        msg.step += pad
+        msg.data = padded.tobytes()
+    return msg
+
+
+def depth_msg(metres, encoding='32FC1'):
+    if encoding == '16UC1':
+        millimetres = np.where(np.isfinite(metres), metres * 1000.0, 0.0)
+        return fill_image(Image(), millimetres.astype(np.uint16), '16UC1')
+    return fill_image(Image(), metres.astype(np.float32), '32FC1')
+
+
+def camera_info(width=320, height=240, k=K):
+    return CameraInfo(width=width, height=height, k=list(k))
+
+
+def offline_mask(model_path, rgb):
+    """Compute the model's mask directly: OpenCV resize, classic scaling, ORT, argmax."""
+    session = ort.InferenceSession(str(model_path), providers=['CPUExecutionProvider'])
+    small = cv2.resize(rgb, NET_SIZE[::-1], interpolation=cv2.INTER_LINEAR)
+    batch = (small.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0))[None]
+    probs = session.run(None, {'image': batch})[0][0]
+    ids = np.argmax(probs, axis=2).astype(np.uint8)
+    return cv2.resize(ids, rgb.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+
+
+def sample_frames():
+    """Return a synthetic scene, plus a real shared data frame when the data set is here."""
+    images = sorted((DATA / 'train' / 'images').glob('*.jpeg'))[:1]
+    frames = [scene()[0]]
+    if images:
+        frames.append(cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB))
+    return frames
+
+
+@pytest.mark.parametrize('encoding,pad', [('rgb8', 0), ('bgr8', 0), ('rgba8', 0),
+                                          ('bgra8', 0), ('mono8', 0), ('rgb8', 5),
+                                          ('bgra8', 12)])
+def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding, pad):
+    node, probe = rig()
+    for rgb in sample_frames():
+        msg = image_msg(rgb, encoding, pad)
+        sec = probe.send(msg)
+        probe.detection_for(sec)
+        mask = probe.latest('mask', sec)
+        overlay = probe.latest('mask_overlay', sec)
+        seen = rgb if encoding != 'mono8' else np.repeat(
+            cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+        expected = offline_mask(model_file, seen)
+        assert mask.encoding == 'mono8' and overlay.encoding == 'rgb8'
+        assert (mask.height, mask.width) == rgb.shape[:2]
+        np.testing.assert_array_equal(image_to_array(mask), expected)
+        assert mask.header.frame_id == overlay.header.frame_id == 'camera_optical'
+        assert overlay.header.stamp.nanosec == 500
+        background = expected == 0
+        np.testing.assert_array_equal(image_to_array(overlay)[background], seen[background])
+    assert node.error_counts() == {}
+
+
+def test_hero_pose_from_depth_matches_synthetic_scene(rig):
+    node, probe = rig()
+    rgb, truth = scene()   # hero box x 140..180, y 60..200 (multiples of 5: exact at 5x)
+    depth = np.full(truth.shape, 10.0, np.float32)
+    depth[truth == 1] = 6.0
+    depth[truth == 2] = 4.0
+    depth[100:104, 150:170] = np.nan     # holes in the hero's depth are ignored
+    depth[110:112, 150:170] = np.inf
+    sec = probe.send(image_msg(rgb), depth_msg(depth), camera_info())
+    detection = probe.detection_for(sec)
+    pose = probe.latest('hero_pose', sec)
+    ys, xs = np.nonzero(truth == 2)
+    u, v = xs.mean(), ys.mean()
+    # Tolerance: z exact (median of 4 m pixels); x, y within 1 cm (centroid within 0.5 px).
+    assert detection.present == 1 and detection.range_source == RangeSource.DEPTH
+    assert pose.pose.position.z == pytest.approx(4.0, abs=1e-6)
+    assert pose.pose.position.x == pytest.approx((u - 160.0) / 200.0 * 4.0, abs=0.01)
+    assert pose.pose.position.y == pytest.approx((v - 120.0) / 200.0 * 4.0, abs=0.01)
+    assert (detection.x_min, detection.y_min, detection.x_max, detection.y_max) == (
+        140, 60, 180, 200)
+    assert detection.area_px == np.count_nonzero(truth == 2)
+    assert detection.range_m == pytest.approx(math.dist((0, 0, 0), (
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z)))
+    assert pose.header.frame_id == 'camera_optical' and pose.header.stamp.sec == sec
+    assert probe.latest('hero_marker', sec).type == Marker.SPHERE
+
+    # 16UC1 millimetres give the same answer.
+    sec = probe.send(image_msg(rgb), depth_msg(depth, '16UC1'), camera_info())
+    assert probe.detection_for(sec).range_source == RangeSource.DEPTH
+    assert probe.latest('hero_pose', sec).pose.position.z == pytest.approx(4.0, abs=1e-3)
+
+
+def test_range_from_size_then_bearing_only_then_lost(rig):
+    node, probe = rig(person_height_m=1.4)
+    rgb, _ = scene()
+    sec = probe.send(image_msg(rgb), info=camera_info())
+    detection = probe.detection_for(sec)
+    assert detection.range_source == RangeSource.SIZE
+    # 140 px tall at fy 200 px with a 1.4 m person: z = 200 * 1.4 / 140 = 2 m.
+    assert probe.latest('hero_pose', sec).pose.position.z == pytest.approx(2.0, abs=1e-6)
+
+    node2, probe2 = rig()   # a fresh node that has never seen camera_info
+    sec = probe2.send(image_msg(rgb))
+    detection = probe2.detection_for(sec)
+    pose = probe2.latest('hero_pose', sec).pose.position
+    assert detection.range_source == RangeSource.BEARING and math.isnan(detection.range_m)
+    assert math.hypot(pose.x, pose.y, pose.z) == pytest.approx(1.0)
+    assert probe2.latest('hero_marker', sec).type == Marker.ARROW
+
+    no_hero, _ = scene(hero_box=None)
+    sec = probe2.send(image_msg(no_hero))
+    detection = probe2.detection_for(sec)
+    assert detection.present == 0 and detection.range_source == RangeSource.NONE
+    assert probe2.latest('hero_marker', sec).action == Marker.DELETE
+    assert not any(m.header.stamp.sec == sec for m in probe2.received['hero_pose'])
+
+
+def _bad_images():
+    rgb, _ = scene()
+    good = image_msg(rgb)
+    unknown = image_msg(rgb)
+    unknown.encoding = 'yuv422_weird'
+    short = image_msg(rgb)
+    short.data = bytes(short.data)[:-7]
+    zero = Image(encoding='rgb8', width=0, height=0, step=0)
+    mono16 = fill_image(Image(), np.zeros((4, 4), np.uint16), '16UC1')
+    return good, {'unknown_encoding': unknown, 'bad_data_size': short, 'zero_size': zero,
+                  'not_a_colour_encoding': mono16}
+
+
+def test_bad_images_are_counted_and_the_node_keeps_going(rig):
+    node, probe = rig()
+    good, bad = _bad_images()
+    for kind, msg in bad.items():
+        probe.send(msg)
+        assert spin_until(probe.executor, lambda: node.error_counts()[kind] >= 1), kind
+        sec = probe.send(image_msg(scene()[0]))
+        assert probe.detection_for(sec).present == 1, f'node stopped after {kind}'
+    assert set(node.error_counts()) == set(bad)
+
+    # The counters reach /diagnostics, next to rates, timings and the providers.
+    def reported():
+        return any(all(f'errors.{kind}' in _values(d) for kind in bad)
+                   for d in probe.diagnostics)
+    assert spin_until(probe.executor, reported, timeout=5.0)
+    values = _values(next(d for d in reversed(probe.diagnostics)
+                          if 'errors.zero_size' in _values(d)))
+    assert values['providers_active'] == 'CPUExecutionProvider'
+    assert int(values['frames_processed']) >= len(bad)
+    for key in ('input_rate_hz', 'processed_rate_hz', 'frames_dropped', 'inference_ms'):
+        assert float(values[key]) >= 0.0
+
+
+def test_bad_depth_and_camera_info_fall_back_and_are_counted(rig):
+    node, probe = rig()
+    rgb, truth = scene()
+    cases = {
+        'depth_no_valid_pixels': (depth_msg(np.where(truth == 2, np.nan, 5.0)), camera_info()),
+        'depth_size_mismatch': (depth_msg(np.full((120, 160), 4.0)), camera_info()),
+        'depth_bad_image': (image_msg(rgb), camera_info()),   # colour sent as depth
+        'camera_info_invalid': (None, camera_info(k=[0.0] * 9)),
+    }
+    for kind, (depth, info) in cases.items():
+        sec = probe.send(image_msg(rgb), depth, info)
+        detection = probe.detection_for(sec)
+        assert spin_until(probe.executor, lambda: node.error_counts()[kind] >= 1), kind
+        assert detection.present == 1
+        assert detection.range_source in (RangeSource.SIZE, RangeSource.BEARING)
+    # Inf in the depth comes back as no reading as well: a blob of inf falls back too.
+    sec = probe.send(image_msg(rgb), depth_msg(np.where(truth == 2, np.inf, 5.0)),
+                     camera_info())
+    assert probe.detection_for(sec).range_source == RangeSource.SIZE
+    assert node.error_counts()['depth_no_valid_pixels'] >= 2
+
+
+def test_stale_depth_is_not_used(rig):
+    node, probe = rig(depth_sync_tolerance=0.05)
+    rgb, truth = scene()
+    depth = depth_msg(np.where(truth == 2, 3.0, 8.0))
+    probe.send(image_msg(rgb), depth, camera_info())   # depth stamped with frame n
+    sec = probe.send(image_msg(rgb))                    # frame n + 1 s: that depth is stale
+    assert probe.detection_for(sec).range_source == RangeSource.SIZE
+    assert node.error_counts()['depth_stale'] >= 1
+
+
+def test_a_burst_is_dropped_not_queued_and_the_newest_frame_wins(rig):
+    node, probe = rig()
+    frames = [image_msg(scene()[0]) for _ in range(30)]
+    stamps = [probe.send(msg) for msg in frames]
+    probe.detection_for(stamps[-1])
+    counts = node.frame_counts()
+    assert spin_until(probe.executor, lambda: node.frame_counts()['images'] == len(frames)
+                      or node.frame_counts()['processed'] + node.frame_counts()['dropped']
+                      == node.frame_counts()['images'])
+    counts = node.frame_counts()
+    # Every received frame was either processed or dropped: nothing waits in a queue.
+    assert counts['processed'] + counts['dropped'] == counts['images']
+    done = [HeroDetection.from_list(m.data).stamp_sec for m in probe.received['hero_detection']]
+    assert done == sorted(done) and done[-1] == stamps[-1]
+
+
+def test_startup_fails_clearly_on_missing_corrupt_or_misfit_model(executor, tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'not a model')
+    nchw = colour_model(tmp_path / 'nchw.onnx', size=NET_SIZE, channels_first=True)
+    no_meta = colour_model(tmp_path / 'bare.onnx', metadata={})
+    for path, words in ((tmp_path / 'missing.onnx', 'not found'), (corrupt, 'cannot load'),
+                        (nchw, 'NHWC'), (no_meta, 'metadata')):
+        with pytest.raises(ModelError, match=words) as error:
+            PerceptionNode(namespace='/startup',
+                           parameter_overrides=[Parameter('model_path', value=str(path))])
+        assert 'model_path' in str(error.value)
+
+
+def test_bad_parameters_are_refused_with_a_reason(executor, model_file):
+    for name, value, words in (('qos_reliability', 'sometimes', 'best_effort'),
+                               ('providers', ['WarpDriveExecutionProvider'], 'unknown'),
+                               ('person_height_m', 12.0, 'person_height_m')):
+        with pytest.raises(InvalidParameterValueException, match=words):
+            PerceptionNode(namespace='/params', parameter_overrides=[
+                Parameter('model_path', value=str(model_file)), Parameter(name, value=value)])
+    node = PerceptionNode(namespace='/params', parameter_overrides=[
+        Parameter('model_path', value=str(model_file)),
+        Parameter('qos_reliability', value='reliable')])
+    executor.add_node(node)
+    assert not node.set_parameters([Parameter('min_hero_pixels', value=0)])[0].successful
+    assert node.set_parameters([Parameter('min_hero_pixels', value=500)])[0].successful
+    assert node.locator.min_pixels == 500
+
+
+def _values(diagnostic_array):
+    return {kv.key: kv.value for status in diagnostic_array.status for kv in status.values}
