@@ -16,7 +16,7 @@ def share_dir() -> Path:
     try:
         from ament_index_python.packages import get_package_share_directory
         return Path(get_package_share_directory(PACKAGE))
-    except (ImportError, LookupError, ValueError):
+    except (ImportError, LookupError, OSError, ValueError):
         return _SOURCE_ROOT
 
 
