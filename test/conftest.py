@@ -22,6 +22,18 @@ os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the training tests: they import TensorFlow.
+
+    TensorFlow and MuJoCo's EGL renderer cannot share a process (the renderer segfaults in
+    its constructor once TensorFlow is loaded), so `make test` runs the `tensorflow` tests in
+    a pytest process of their own.
+    """
+    for item in items:
+        if item.path.name.startswith('test_training_'):
+            item.add_marker(pytest.mark.tensorflow)
+
+
 @pytest.fixture(scope='session')
 def ros():
     """Initialise real rclpy once per session; yield its default context."""

@@ -102,6 +102,7 @@ def test_wrong_topic_type_is_refused(tmp_path):
         export_bag(bag, tmp_path / 'data', image_topic='chatter', progress=False)
 
 
+@pytest.mark.tensorflow
 def test_classic_training_reader_accepts_the_export(tmp_path):
     training_data = pytest.importorskip('training.data')
     bag = write_camera_bag(tmp_path / 'bag')
