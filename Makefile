@@ -5,7 +5,8 @@
 # second run fast). On a machine with ROS 2 installed, use colcon and `ros2 launch` instead.
 
 SHELL := /bin/bash
-VENV ?= .venv
+# env.sh expects the environment in .venv
+VENV := .venv
 PYTHON ?= $(shell for p in python3 python3.12 python3.11 python3.10; do \
 	command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
 	&& { echo $$p; break; }; done)
@@ -13,13 +14,8 @@ PY := $(VENV)/bin/python
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-# Real ROS 2 Jazzy rclpy from the wheels, Fast DDS, discovery kept on this machine.
-export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
-export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
-export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
-export MUJOCO_GL := egl
-export PYTHONPATH := $(CURDIR)
-export PYTHONUNBUFFERED := 1
+# env.sh: the environment for ROS 2 from the wheels (also for users' own shells).
+ENV := source ./env.sh &&
 
 .PHONY: run test lint env test-env sysdeps gpu cpu clean help
 
@@ -29,20 +25,20 @@ help:
 	@echo "make gpu   - switch .venv from onnxruntime to onnxruntime-gpu"
 
 run: env
-	$(PY) -m followme_common.runner $(RUN_ARGS)
+	$(ENV) python -m followme_common.runner $(RUN_ARGS)
 
 # Two pytest processes: TensorFlow and MuJoCo's EGL renderer cannot share one (see
 # test/conftest.py). Exit code 5 (nothing selected, e.g. with PYTEST_ARGS=-k) is no failure.
 test: test-env
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -m 'not tensorflow' --ignore-glob='test/test_training_*' $(PYTEST_ARGS) \
+	$(ENV) python -m pytest -m 'not tensorflow' --ignore-glob='test/test_training_*' $(PYTEST_ARGS) \
 		|| [ $$? = 5 ]
-	$(PY) -m pytest -m tensorflow $(PYTEST_ARGS) || [ $$? = 5 ]
+	$(ENV) python -m pytest -m tensorflow $(PYTEST_ARGS) || [ $$? = 5 ]
 
 lint: test-env
-	$(VENV)/bin/ament_flake8 followme_common followme_perception followme_control \
+	$(ENV) ament_flake8 followme_common followme_perception followme_control \
 		followme_sim training bench test launch setup.py
-	$(VENV)/bin/ament_pep257 followme_common followme_perception followme_control \
+	$(ENV) ament_pep257 followme_common followme_perception followme_control \
 		followme_sim training bench
 
 env: sysdeps $(VENV)/.stamp-runtime
