@@ -1,0 +1,45 @@
+"""A fine-tune starts from the weights it names (train.init_weights)."""
+
+import numpy as np
+import pytest
+from test_training_data import write_classic_set
+from training import train
+from training.model import build_model, ModelConfig
+
+TINY_MODEL = {'input_size': [32, 32], 'encoder_filters': [4, 8], 'bottleneck_filters': 8,
+              'decoder_convs': 1}
+
+
+def tiny_config(root, **train_settings):
+    return train.merge_config({
+        'name': 'tiny',
+        'data': {'train': str(write_classic_set(root / 'train', frames=8, seed=1)),
+                 'val': str(write_classic_set(root / 'val', frames=4, seed=2))},
+        'model': TINY_MODEL,
+        'train': {'batch_size': 4, 'epochs': 1, 'steps_per_epoch': 1, **train_settings},
+    })
+
+
+def kernels(weights_file):
+    model = build_model(ModelConfig.from_dict(TINY_MODEL))
+    model.load_weights(weights_file)
+    return [w.numpy() for w in model.trainable_weights if 'kernel' in w.path]
+
+
+def test_fine_tune_starts_from_the_given_weights(tmp_path):
+    start = tmp_path / 'start.weights.h5'
+    build_model(ModelConfig.from_dict(TINY_MODEL)).save_weights(start)
+    # Learning rate 0: the kernels cannot move, so the result is the start, not a fresh init.
+    run_dir = train.train(tiny_config(tmp_path, learning_rate=0.0, init_weights=str(start)),
+                          tmp_path / 'runs', 'finetune')
+    for before, after in zip(kernels(start), kernels(run_dir / 'last.weights.h5')):
+        np.testing.assert_array_equal(before, after)
+    fresh = train.train(tiny_config(tmp_path, learning_rate=0.0), tmp_path / 'runs', 'fresh')
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(kernels(start), kernels(fresh / 'last.weights.h5')))
+
+
+def test_missing_init_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(train.ConfigError, match='init_weights: .*does not exist'):
+        train.train(tiny_config(tmp_path, init_weights=str(tmp_path / 'nope')),
+                    tmp_path / 'runs', 'broken')

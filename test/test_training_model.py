@@ -1,0 +1,206 @@
+"""Model, training run, export parity, evaluation and raw import, with tiny models and data."""
+
+import json
+
+import cv2
+from followme_common import scoring
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from test_training_data import write_classic_set
+from training import evaluate, export, raw_import, search, train
+from training.data import DataError, find_pairs, materialize
+from training.model import build_model, ModelConfig
+import yaml
+
+TINY_MODEL = {'input_size': [32, 32], 'encoder_filters': [4, 8], 'bottleneck_filters': 8,
+              'decoder_convs': 1}
+
+
+def test_classic_model_shape_and_softmax():
+    model = build_model(ModelConfig())
+    assert model.input_shape == (None, 160, 160, 3)
+    assert model.output_shape == (None, 160, 160, 3)
+    tiny = build_model(ModelConfig.from_dict(TINY_MODEL))
+    probs = np.asarray(tiny.predict_on_batch(np.zeros((2, 32, 32, 3), np.float32)))
+    assert probs.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('bad, message', [
+    ({'input_size': [100, 100]}, 'multiple'),
+    ({'kernel_size': 4}, 'odd'),
+    ({'decoder_filters': [8]}, 'as many decoder'),
+    ({'width': 3}, 'unknown model settings'),
+])
+def test_bad_model_config_is_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(bad)
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    path = tmp_path / 'x.yaml'
+    path.write_text('train: {learning_rte: 0.1}\n')
+    with pytest.raises(train.ConfigError, match='learning_rte'):
+        train.load_config(path)
+    with pytest.raises(train.ConfigError, match='not found'):
+        train.load_config(tmp_path / 'missing.yaml')
+
+
+def test_shipped_configs_load():
+    for name in ('classic', 'shipped'):
+        config = train.load_config(train.REPO / 'training' / 'configs' / f'{name}.yaml')
+        ModelConfig.from_dict(config['model'])
+    classic = train.load_config(train.REPO / 'training' / 'configs' / 'classic.yaml')['train']
+    assert (classic['learning_rate'], classic['batch_size'], classic['epochs'],
+            classic['steps_per_epoch']) == (0.01, 32, 30, 100)
+
+
+@pytest.mark.parametrize('command', [train.main, evaluate.main, export.main, raw_import.main,
+                                     search.main])
+def test_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        command(['--help'])
+    assert exited.value.code == 0
+    assert 'usage' in capsys.readouterr().out
+
+
+def test_loss_prefers_the_right_answer():
+    loss = train.make_loss(hero_weight=2.0, dice_weight=0.5)
+    ids = np.zeros((1, 4, 4), np.uint8)
+    ids[0, :2, :2] = scoring.HERO
+    right = np.eye(3, dtype=np.float32)[ids] * 0.98 + 0.01 / 3
+    wrong = np.eye(3, dtype=np.float32)[np.zeros_like(ids)] * 0.98 + 0.01 / 3
+    assert float(loss(ids, right)) < 0.1 < float(loss(ids, wrong))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """One real training run: tiny model, 32x32, 2 epochs of 2 steps, on synthetic data."""
+    root = tmp_path_factory.mktemp('data')
+    config = train.merge_config({
+        'name': 'tiny',
+        'data': {'train': str(write_classic_set(root / 'train', frames=12, seed=1)),
+                 'val': str(write_classic_set(root / 'val', frames=6, seed=2))},
+        'model': TINY_MODEL,
+        'augment': {'flip': True, 'scale': [0.8, 1.2]},
+        'train': {'batch_size': 4, 'epochs': 2, 'steps_per_epoch': 2, 'learning_rate': 0.01,
+                  'lr_schedule': 'cosine', 'hero_weight': 2.0, 'dice_weight': 0.5,
+                  'small_hero_pixels': 40, 'small_hero_repeats': 2},
+    })
+    run_dir = train.train(config, tmp_path_factory.mktemp('runs'), 'tiny')
+    return run_dir, root
+
+
+def test_training_run_writes_its_record(tiny_run):
+    run_dir, _ = tiny_run
+    for name in ('config.yaml', 'data_fingerprint.json', 'best.weights.h5', 'last.weights.h5',
+                 'best.json', 'history.csv', 'curves.png'):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / 'tensorboard').glob('events.out.tfevents.*'))
+    saved = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    assert saved['model']['input_size'] == [32, 32]
+    fingerprint = json.loads((run_dir / 'data_fingerprint.json').read_text())
+    assert fingerprint['train']['frames'] == 12 and len(fingerprint['train']['sha256']) == 64
+    assert len((run_dir / 'history.csv').read_text().strip().splitlines()) == 3
+
+
+def test_search_runs_bounded_trials_and_writes_a_usable_config(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    base = train.merge_config(yaml.safe_load((run_dir / 'config.yaml').read_text()))
+    base['train'].update({'epochs': 1, 'steps_per_epoch': 1, 'max_train_frames': 8})
+    summary = search.search(base, trials=2, timeout_minutes=5, output=tmp_path / 'study')
+    assert len(summary['trials']) == 2
+    best = train.load_config(tmp_path / 'study' / 'best_config.yaml')
+    assert best['train']['learning_rate'] == summary['best']['params']['learning_rate']
+    assert best['train']['max_train_frames'] == 0  # the searched config trains on all data
+    assert json.loads((tmp_path / 'study' / 'study.json').read_text())['best']
+
+
+def write_eval_sets(root):
+    for i, name in enumerate(scoring.EVAL_SETS):
+        write_classic_set(root / name, frames=4, seed=10 + i)
+    return root
+
+
+def test_export_parity_metadata_and_score(tiny_run, tmp_path):
+    run_dir, root = tiny_run
+    output = tmp_path / 'model.onnx'
+    report, timing, parity = export.export(
+        run_dir, output, eval_data=write_eval_sets(root / 'eval'), parity_frames=6,
+        card=tmp_path / 'CARD.md')
+    assert parity <= 1e-4
+    session = ort.InferenceSession(str(output), providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['image']
+    assert len(session.get_outputs()) == 1
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta['followme.input_size'] == '32,32'
+    assert float(meta['followme.input_scale']) == pytest.approx(1 / 127.5)
+    assert float(meta['followme.input_offset']) == -1.0
+    assert meta['followme.classes'] == 'background,others,hero'
+    assert json.loads(meta['followme.training_data'])['train']['frames'] == 12
+    assert json.loads(meta['followme.score'])['final_score'] == round(report['final_score'], 4)
+    assert meta['followme.commit']
+    assert timing['median_ms'] > 0
+    assert f"{report['final_score']:.4f}" in (tmp_path / 'CARD.md').read_text()
+    # Evaluating the written file reproduces the exported score.
+    again = evaluate.evaluate(evaluate.OnnxPredictor(output), root / 'eval')
+    assert again['final_score'] == report['final_score']
+    assert again['sets'] == report['sets']
+
+
+def test_parity_check_fails_loudly(tiny_run, tmp_path):
+    run_dir, root = tiny_run
+    keras_model = evaluate.KerasPredictor(run_dir).model
+    onnx_path = tmp_path / 'model.onnx'
+    onnx.save(export.convert(keras_model, (32, 32)), onnx_path)
+    images = materialize(find_pairs(root / 'val'), (32, 32)).images
+    assert export.check_parity(onnx_path, keras_model, images, 1e-4) <= 1e-4
+    other = build_model(ModelConfig.from_dict(TINY_MODEL))  # different random weights
+    with pytest.raises(export.ParityError, match='differ by up to'):
+        export.check_parity(onnx_path, other, images, 1e-4)
+
+
+def test_evaluate_writes_report_and_grids(tiny_run, tmp_path):
+    run_dir, root = tiny_run
+    eval_root = root / 'eval_grid'
+    write_eval_sets(eval_root)
+    report = evaluate.evaluate(evaluate.KerasPredictor(run_dir), eval_root, tmp_path / 'out',
+                               grid_frames=3)
+    assert 0.0 <= report['final_score'] <= 1.0
+    assert set(report['sets']) == set(scoring.EVAL_SETS)
+    assert sum(row['frames'] for row in report['hero_iou_by_size']) == sum(
+        report['sets'][name]['frames_with_hero'] for name in scoring.IOU_SETS)
+    grid = cv2.imread(str(tmp_path / 'out' / 'grid_patrol_with_targ.png'))
+    assert grid.shape == (3 * 32, 3 * 32, 3)
+    assert json.loads((tmp_path / 'out' / 'report.json').read_text())['final_score'] == \
+        report['final_score']
+
+
+def write_raw_frame(folder, index, ids):
+    """One raw capture: RGB frame + others/hero/environment cameras, darkest = own class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / f'cam1_{index:05d}.png'), np.full((*ids.shape, 3), 90, np.uint8))
+    for cam, class_id in (('cam2', 1), ('cam3', 2), ('cam4', 0)):
+        layer = np.where(ids == class_id, 10, 200).astype(np.uint8)
+        cv2.imwrite(str(folder / f'{cam}_{index:05d}.png'), np.dstack([layer] * 3))
+
+
+def test_raw_import_takes_the_responding_camera(tmp_path):
+    ids = np.zeros((16, 16), np.uint8)
+    ids[2:6, 2:6] = 1
+    ids[8:12, 9:14] = 2
+    write_raw_frame(tmp_path / 'raw' / 'run1', 0, ids)
+    write_raw_frame(tmp_path / 'raw' / 'run1', 1, ids[::-1])
+    assert raw_import.import_raw(tmp_path / 'raw', tmp_path / 'out') == 2
+    frames = materialize(find_pairs(tmp_path / 'out'), (16, 16))
+    np.testing.assert_array_equal(frames.ids[0], ids)
+    np.testing.assert_array_equal(frames.ids[1], ids[::-1])
+
+
+def test_raw_import_names_an_incomplete_frame(tmp_path):
+    write_raw_frame(tmp_path / 'raw', 0, np.zeros((8, 8), np.uint8))
+    (tmp_path / 'raw' / 'cam3_00000.png').unlink()
+    with pytest.raises(DataError, match='lacks the hero camera'):
+        raw_import.group_frames(tmp_path / 'raw')

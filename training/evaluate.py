@@ -1,0 +1,214 @@
+"""
+Score a model on the classic evaluation sets: the final score, per set, and by hero size.
+
+    python -m training.evaluate --model models/followme_fcn.onnx
+    python -m training.evaluate --model training_runs/shipped-main   (a run's best weights)
+
+Writes report.json, one PNG grid (image | truth | prediction) per evaluation set and
+hero_iou_vs_size.png, where the far-away hero (the classic weak spot) shows up on the left.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import sys
+import time
+
+from followme_common import scoring
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+# Hero size bins in pixels at the model's input size (160x160 -> 25,600 pixels).
+HERO_SIZE_BINS = (50, 200, 800, 3200, 10 ** 9)
+
+
+class OnnxPredictor:
+    """An ONNX model following the project contract; settings come from its metadata."""
+
+    def __init__(self, path):
+        import onnxruntime as ort
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f'{self.path} not found')
+        self.session = ort.InferenceSession(str(self.path), providers=['CPUExecutionProvider'])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.input_size = tuple(int(v) for v in meta['followme.input_size'].split(','))
+            self.scale = float(meta['followme.input_scale'])
+            self.offset = float(meta['followme.input_offset'])
+            classes = meta['followme.classes'].split(',')
+        except KeyError as err:
+            raise ValueError(f'{self.path} lacks the metadata key {err}: export it with '
+                             'python -m training.export') from None
+        self.order = [classes.index(name) for name in scoring.CLASSES]
+        self.input_name = self.session.get_inputs()[0].name
+        self.metadata = dict(meta)
+
+    def __call__(self, images_uint8):
+        pixels = images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(
+            self.offset)
+        probs = self.session.run(None, {self.input_name: pixels})[0]
+        return probs[..., self.order]
+
+
+class KerasPredictor:
+    """A training run's weights (best.weights.h5 by default), rebuilt from its config."""
+
+    def __init__(self, run_dir, weights='best.weights.h5'):
+        import yaml
+
+        from training.model import build_model, ModelConfig
+        self.path = Path(run_dir)
+        config_file = self.path / 'config.yaml'
+        if not config_file.is_file():
+            raise FileNotFoundError(f'{config_file} not found: --model takes an .onnx file or '
+                                    'a training run folder')
+        config = yaml.safe_load(config_file.read_text())
+        model_config = ModelConfig.from_dict(config['model'])
+        self.model = build_model(model_config)
+        self.model.load_weights(self.path / weights)
+        self.input_size = model_config.input_size
+        self.metadata = {}
+
+    def __call__(self, images_uint8):
+        from training.data import to_model_input
+        return np.asarray(self.model.predict_on_batch(to_model_input(images_uint8)))
+
+
+def load_predictor(path):
+    path = Path(path)
+    return OnnxPredictor(path) if path.suffix == '.onnx' else KerasPredictor(path)
+
+
+def predict_all(predictor, images, batch_size=32, desc='predicting'):
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit='batch', leave=False):
+        out.append(predictor(images[start:start + batch_size]))
+    return np.concatenate(out)
+
+
+def hero_size_table(frames) -> list:
+    """Hero IoU and detection rate per hero-size bin, over frames that show the hero."""
+    rows = []
+    low = scoring.PRESENT_PIXELS + 1
+    for high in HERO_SIZE_BINS:
+        chosen = [f for f in frames if low <= f.truth_hero_pixels < high and f.truth_present]
+        rows.append({
+            'hero_pixels': [low, high - 1] if high < HERO_SIZE_BINS[-1] else [low, None],
+            'frames': len(chosen),
+            'hero_iou': float(np.mean([f.hero_iou for f in chosen])) if chosen else None,
+            'detected': float(np.mean([f.pred_present for f in chosen])) if chosen else None,
+        })
+        low = high
+    return rows
+
+
+def save_grid(images, truth_ids, probs, path, count, seed=0):
+    """Save image | truth | prediction rows for a fixed random sample of frames."""
+    import cv2
+
+    from training.data import MASK_COLOURS
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
+    rows = [np.hstack([images[i], MASK_COLOURS[truth_ids[i]],
+                       MASK_COLOURS[np.argmax(probs[i], axis=-1)]]) for i in chosen]
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+
+
+def plot_hero_size(frames, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    present = [f for f in frames if f.truth_present]
+    fig, axis = plt.subplots(figsize=(7, 4))
+    axis.scatter([f.truth_hero_pixels for f in present], [f.hero_iou for f in present], s=6,
+                 alpha=0.5)
+    axis.set_xscale('log')
+    axis.set_xlabel('hero pixels in the truth mask (input size)')
+    axis.set_ylabel('hero IoU')
+    axis.set_title('hero IoU against hero size (following_images + patrol_with_targ)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32) -> dict:
+    """Compute the classic final score on data_root/<set>/ for the three evaluation sets."""
+    from training.data import find_pairs, materialize
+    data_root = Path(data_root)
+    sets, frames_with_size = {}, []
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    for name in scoring.EVAL_SETS:
+        frames = materialize(find_pairs(data_root / name), predictor.input_size,
+                             f'decoding {name}')
+        probs = predict_all(predictor, frames.images, batch_size, f'predicting {name}')
+        result = scoring.SetScore()
+        for prob, ids in zip(probs, frames.ids):
+            result.add(scoring.score_frame(prob, ids))
+        sets[name] = result
+        if name in scoring.IOU_SETS:
+            frames_with_size.extend(result.frames)
+        if output_dir is not None and grid_frames > 0:
+            save_grid(frames.images, frames.ids, probs, output_dir / f'grid_{name}.png',
+                      grid_frames)
+    report = scoring.final_score(sets)
+    report['hero_iou_by_size'] = hero_size_table(frames_with_size)
+    report['model'] = str(predictor.path)
+    report['data'] = str(data_root)
+    report['input_size'] = list(predictor.input_size)
+    if output_dir is not None:
+        plot_hero_size(frames_with_size, output_dir / 'hero_iou_vs_size.png')
+        (output_dir / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    return report
+
+
+def format_report(report) -> str:
+    lines = [f"final score {report['final_score']:.4f} = final IoU "
+             f"{report['final_iou']:.4f} x weight {report['weight']:.4f}"]
+    for name, summary in report['sets'].items():
+        lines.append(f"  {name:18s} frames {summary['frames']:4d}  hero IoU "
+                     f"{summary['iou']['hero']:.4f}  TP {summary['true_positives']:4d}  "
+                     f"FN {summary['false_negatives']:4d}  FP {summary['false_positives']:4d}")
+    lines.append('  hero IoU by hero size (pixels at input size):')
+    for row in report['hero_iou_by_size']:
+        low, high = row['hero_pixels']
+        span = f'{low}-{high}' if high is not None else f'{low}+'
+        iou = f"{row['hero_iou']:.3f}" if row['hero_iou'] is not None else '  -  '
+        detected = f"{row['detected']:.2f}" if row['detected'] is not None else ' - '
+        lines.append(f"    {span:>11s}: {row['frames']:4d} frames  IoU {iou}  "
+                     f'detected {detected}')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    from training.data import DataError, DEFAULT_DATA_ROOT
+    parser = argparse.ArgumentParser(
+        description='Compute the classic follow-me final score of a model (ONNX file or '
+                    'training run folder) on the three evaluation sets.')
+    parser.add_argument('--model', required=True,
+                        help='an .onnx file, or a training run folder (uses best.weights.h5)')
+    parser.add_argument('--data', default=str(DEFAULT_DATA_ROOT / 'sample_evaluation_data'),
+                        help='folder holding following_images/, patrol_with_targ/ and '
+                             'patrol_non_targ/ (default: %(default)s)')
+    parser.add_argument('--output', help='folder for report.json and the PNGs (default: '
+                                         'training_runs/eval/<model name>-<time>)')
+    parser.add_argument('--grid-frames', type=int, default=8,
+                        help='frames per set in the PNG grids (default: %(default)s)')
+    parser.add_argument('--batch-size', type=int, default=32, help='default: %(default)s')
+    args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else (
+        REPO / 'training_runs' / 'eval' / f"{Path(args.model).stem}-{time.strftime('%H%M%S')}")
+    try:
+        predictor = load_predictor(args.model)
+        report = evaluate(predictor, args.data, output, args.grid_frames, args.batch_size)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        parser.exit(2, f'error: {err}\n')
+    print(format_report(report))
+    print(f"report: {output / 'report.json'}", file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()

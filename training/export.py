@@ -1,0 +1,275 @@
+"""
+Export a training run to ONNX with the project's metadata contract, checked and scored.
+
+    python -m training.export --run training_runs/shipped-main --output models/followme_fcn.onnx
+
+Steps: convert with tf2onnx (opset >= 17); check parity against Keras on real frames (stops,
+writing nothing, above --tolerance); score the ONNX file on the classic evaluation sets; write
+the metadata (input size, normalisation, class order, training data, score, commit); measure
+ONNX Runtime ms per frame; optionally write the model card from those measured figures.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+import tempfile
+import time
+
+from followme_common import scoring
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MIN_OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """The ONNX model does not compute what the Keras model computes."""
+
+
+def convert(model, input_size, opset=MIN_OPSET):
+    """Keras model -> ONNX ModelProto with input `image` and output `probabilities`."""
+    import tensorflow as tf
+    import tf2onnx
+    if opset < MIN_OPSET:
+        raise ValueError(f'opset must be >= {MIN_OPSET}, got {opset}')
+    spec = [tf.TensorSpec([None, *input_size, 3], tf.float32, name='image')]
+
+    @tf.function(input_signature=spec)
+    def serve(image):
+        return {'probabilities': model(image, training=False)}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    return proto
+
+
+def set_metadata(proto, values: dict):
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def contract_metadata(input_size, training_data, score, commit) -> dict:
+    from training.data import INPUT_OFFSET, INPUT_SCALE
+    return {
+        'followme.input_size': f'{input_size[0]},{input_size[1]}',
+        'followme.input_scale': repr(INPUT_SCALE),
+        'followme.input_offset': repr(INPUT_OFFSET),
+        'followme.classes': ','.join(scoring.CLASSES),
+        'followme.training_data': json.dumps(training_data),
+        'followme.score': json.dumps(score),
+        'followme.commit': commit,
+    }
+
+
+def check_parity(onnx_path, keras_model, images_uint8, tolerance):
+    """Max abs difference of the probabilities on real frames; raises above tolerance."""
+    import onnxruntime as ort
+
+    from training.data import to_model_input
+    session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
+    pixels = to_model_input(images_uint8)
+    expected = np.asarray(keras_model.predict_on_batch(pixels))
+    got = session.run(None, {'image': pixels})[0]
+    if got.shape != expected.shape:
+        raise ParityError(f'ONNX output shape {got.shape} != Keras {expected.shape}')
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= tolerance:
+        raise ParityError(f'ONNX and Keras differ by up to {diff:.3g} on {len(pixels)} real '
+                          f'frames (tolerance {tolerance:g}); the export is wrong, not written')
+    return diff
+
+
+def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
+    """ONNX Runtime latency for one frame (batch 1), median and 90th percentile, in ms."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+    frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, 3)).astype(np.float32)
+    for _ in range(20):
+        session.run(None, {'image': frame})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {'image': frame})
+        times.append((time.perf_counter() - start) * 1000.0)
+    # The machine is shared: the load average says how busy it was while we measured.
+    return {'median_ms': float(np.median(times)), 'p90_ms': float(np.percentile(times, 90)),
+            'runs': runs, 'load_average_1min': os.getloadavg()[0]}
+
+
+def short_score(report) -> dict:
+    """Summarise the score for the ONNX metadata."""
+    return {
+        'final_score': round(report['final_score'], 4),
+        'final_iou': round(report['final_iou'], 4),
+        'weight': round(report['weight'], 4),
+        'data': 'udacity_followme/sample_evaluation_data',
+        'sets': {name: {'hero_iou': round(s['iou']['hero'], 4), 'tp': s['true_positives'],
+                        'fn': s['false_negatives'], 'fp': s['false_positives']}
+                 for name, s in report['sets'].items()},
+    }
+
+
+def training_data_summary(run_dir: Path) -> dict:
+    fingerprint = json.loads((run_dir / 'data_fingerprint.json').read_text())
+    return {split: {'roots': [_short_path(r) for r in info['roots']],
+                    'frames': info['frames'], 'sha256': info['sha256'][:16]}
+            for split, info in fingerprint.items() if split in ('train', 'val')}
+
+
+def _short_path(path) -> str:
+    parts = Path(path).parts
+    return '/'.join(parts[parts.index('udacity_followme'):]) if 'udacity_followme' in parts \
+        else str(path)
+
+
+def write_card(path, onnx_path, run_dir, report, timing, commit, parity):
+    config = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    best = json.loads((run_dir / 'best.json').read_text())
+    history = (run_dir / 'history.csv').read_text().strip().splitlines()
+    epochs_run = len(history) - 1
+    data = training_data_summary(run_dir)
+    rows = '\n'.join(
+        f"| `{name}` | {s['frames']} | {s['iou']['hero']:.4f} | {s['iou']['others']:.4f} | "
+        f"{s['true_positives']} | {s['false_negatives']} | {s['false_positives']} |"
+        for name, s in report['sets'].items())
+    sizes = '\n'.join(
+        f"| {r['hero_pixels'][0]}-{r['hero_pixels'][1] if r['hero_pixels'][1] else ''} | "
+        f"{r['frames']} | {'' if r['hero_iou'] is None else format(r['hero_iou'], '.3f')} | "
+        f"{'' if r['detected'] is None else format(r['detected'], '.2f')} |"
+        for r in report['hero_iou_by_size'])
+    text = f"""# Model card: {onnx_path.name}
+
+Written by `python -m training.export` from measured figures; do not edit the numbers by hand.
+
+## Summary
+
+| | |
+|---|---|
+| final score (classic, `udacity_followme/sample_evaluation_data`) \
+| **{report['final_score']:.4f}** |
+| final IoU / detection weight | {report['final_iou']:.4f} / {report['weight']:.4f} |
+| ONNX Runtime, batch 1, {report['input_size'][0]}x{report['input_size'][1]}, this CPU \
+| median {timing['median_ms']:.2f} ms, p90 {timing['p90_ms']:.2f} ms per frame \
+(1-minute load average {timing['load_average_1min']:.1f} on 2 cores while measuring) |
+| commit | `{commit}` |
+| Keras vs ONNX max abs difference (real frames) | {parity:.2g} |
+
+## Score per evaluation set
+
+| set | frames | hero IoU | others IoU | TP | FN | FP |
+|---|---|---|---|---|---|---|
+{rows}
+
+Hero IoU against hero size (pixels at the input size, frames of `following_images` and
+`patrol_with_targ` that show the hero):
+
+| hero pixels | frames | hero IoU | detected |
+|---|---|---|---|
+{sizes}
+
+## Data
+
+- train: {', '.join(data['train']['roots'])}: {data['train']['frames']} frames
+  (sha256 {data['train']['sha256']}...)
+- validation (checkpoint choice): {', '.join(data['val']['roots'])}:
+  {data['val']['frames']} frames (sha256 {data['val']['sha256']}...)
+- evaluation: the three classic evaluation sets, never used in training or model choice.
+
+## Training
+
+Config `{config['name']}` (`training/configs/{config['name']}.yaml`), seed {config['seed']};
+best epoch {best['epoch']} of {epochs_run} run (validation one-set score
+{best['val_score']:.4f}, hero IoU {best['val_hero_iou']:.4f}).
+
+```yaml
+{yaml.safe_dump({k: config[k] for k in ('model', 'augment', 'train')}, sort_keys=False).strip()}
+```
+
+## Contract
+
+Input `image`: float32 NHWC [N, {report['input_size'][0]}, {report['input_size'][1]}, 3], RGB,
+pixel = uint8 / 127.5 - 1. Output `probabilities`: softmax NHWC [N, H, W, 3] in the order
+background, others, hero. All of this is also in the file's metadata (`followme.*`).
+
+Reproduce the score: `python -m training.evaluate --model models/{onnx_path.name}`.
+"""
+    Path(path).write_text(text)
+
+
+def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_frames=32,
+           tolerance=1e-4, opset=MIN_OPSET, card=None):
+    """Convert, check, score and write the ONNX model; return (report, timing, parity)."""
+    import onnx
+
+    from training.data import DEFAULT_DATA_ROOT, find_all_pairs, materialize
+    from training.evaluate import evaluate, KerasPredictor, OnnxPredictor
+    from training.train import git_commit
+    run_dir, output = Path(run_dir), Path(output)
+    keras_predictor = KerasPredictor(run_dir, weights)
+    input_size = keras_predictor.input_size
+    config = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    parity_pairs = find_all_pairs(config['data']['val'])[:parity_frames]
+    parity_images = materialize(parity_pairs, input_size, 'parity frames').images
+
+    commit = git_commit()
+    proto = convert(keras_predictor.model, input_size, opset)
+    training_data = training_data_summary(run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / output.name
+        set_metadata(proto, contract_metadata(input_size, training_data, None, commit))
+        onnx.save(proto, draft)
+        parity = check_parity(draft, keras_predictor.model, parity_images, tolerance)
+        print(f'parity: max abs diff {parity:.3g} on {len(parity_images)} real frames')
+        eval_data = Path(eval_data or DEFAULT_DATA_ROOT / 'sample_evaluation_data')
+        report = evaluate(OnnxPredictor(draft), eval_data, run_dir / 'export_eval')
+    report['model'] = str(output)
+    set_metadata(proto, contract_metadata(input_size, training_data, short_score(report),
+                                          commit))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, output)
+    (run_dir / 'export_eval' / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    timing = ms_per_frame(output, input_size)
+    if card:
+        write_card(card, output, run_dir, report, timing, commit, parity)
+    return report, timing, parity
+
+
+def main(argv=None):
+    from training.data import DataError
+    from training.evaluate import format_report
+    parser = argparse.ArgumentParser(
+        description='Export a training run to ONNX (tf2onnx), check parity with Keras on '
+                    'real frames, score it and write the metadata and, optionally, the card.')
+    parser.add_argument('--run', required=True, help='training run folder (training_runs/...)')
+    parser.add_argument('--weights', default='best.weights.h5',
+                        help='weights file in the run folder (default: %(default)s)')
+    parser.add_argument('--output', default=str(REPO / 'models' / 'followme_fcn.onnx'),
+                        help='ONNX file to write (default: %(default)s)')
+    parser.add_argument('--card', help='also write the model card here (models/MODEL_CARD.md)')
+    parser.add_argument('--eval-data', help='evaluation sets folder (default: the shared '
+                                            'sample_evaluation_data)')
+    parser.add_argument('--parity-frames', type=int, default=32,
+                        help='validation frames for the parity check (default: %(default)s)')
+    parser.add_argument('--tolerance', type=float, default=1e-4,
+                        help='max abs probability difference allowed (default: %(default)s)')
+    parser.add_argument('--opset', type=int, default=MIN_OPSET,
+                        help='ONNX opset, >= 17 (default: %(default)s)')
+    args = parser.parse_args(argv)
+    try:
+        report, timing, parity = export(args.run, args.output, args.weights, args.eval_data,
+                                        args.parity_frames, args.tolerance, args.opset,
+                                        args.card)
+    except (DataError, FileNotFoundError, ValueError, ParityError) as err:
+        parser.exit(2, f'error: {err}\n')
+    print(format_report(report))
+    print(f"ONNX Runtime: median {timing['median_ms']:.2f} ms per frame "
+          f"(p90 {timing['p90_ms']:.2f} ms); written {args.output}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,98 @@
+"""
+The follow-me FCN: the classic encoder / 1x1 / decoder network, configurable.
+
+Classic defaults: three encoder blocks (3x3 separable conv, stride 2, batch norm, ReLU) with
+32/64/128 filters, a 1x1 conv + batch norm, three decoder blocks (bilinear x2 upsampling,
+concatenation with the matching encoder output, the last one with the input, separable convs
++ batch norm) and a 1x1 softmax over the 3 classes. Input: RGB scaled to [-1, 1].
+Only keras.layers / keras.ops are used, so the model also runs on the JAX backend.
+"""
+
+from dataclasses import dataclass
+
+import keras
+
+NUM_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    input_size: tuple = (160, 160)          # (H, W), multiples of 2 ** depth
+    encoder_filters: tuple = (32, 64, 128)  # one encoder block each; depth = len()
+    bottleneck_filters: int = 128           # the 1x1 convolution
+    decoder_filters: tuple = ()             # default: encoder_filters reversed
+    kernel_size: int = 3
+    decoder_convs: int = 2                  # separable convs per decoder block
+
+    @classmethod
+    def from_dict(cls, values):
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(cls.__dataclass_fields__)})")
+        for key in ('input_size', 'encoder_filters', 'decoder_filters'):
+            if key in values:
+                values[key] = tuple(int(v) for v in values[key])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @property
+    def decoder(self) -> tuple:
+        return self.decoder_filters or tuple(reversed(self.encoder_filters))
+
+    def validate(self):
+        depth = len(self.encoder_filters)
+        if depth < 1 or len(self.decoder) != depth:
+            raise ValueError(f'need as many decoder as encoder blocks (>= 1), got '
+                             f'{len(self.decoder)} and {depth}')
+        if len(self.input_size) != 2 or any(s % (2 ** depth) for s in self.input_size):
+            raise ValueError(f'input_size {self.input_size} must be (H, W), each a multiple '
+                             f'of 2 ** depth = {2 ** depth}')
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be odd and positive, got {self.kernel_size}')
+
+
+@keras.saving.register_keras_serializable(package='followme')
+class BilinearUpsample2x(keras.layers.Layer):
+    """Bilinear x2 upsampling on static shapes (exports to a single ONNX Resize)."""
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        return keras.ops.image.resize(inputs, (2 * height, 2 * width),
+                                      interpolation='bilinear', antialias=False,
+                                      data_format='channels_last')
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, 2 * height, 2 * width, channels)
+
+
+def _separable_bn(x, filters, kernel_size, strides, name):
+    x = keras.layers.SeparableConv2D(filters, kernel_size, strides=strides, padding='same',
+                                     use_bias=False, name=f'{name}_sepconv')(x)
+    x = keras.layers.BatchNormalization(name=f'{name}_bn')(x)
+    return keras.layers.ReLU(name=f'{name}_relu')(x)
+
+
+def build_model(config: ModelConfig = ModelConfig(), name='followme_fcn') -> keras.Model:
+    """Build the FCN: input float32 (N, H, W, 3) in [-1, 1], output softmax (N, H, W, 3)."""
+    config.validate()
+    inputs = keras.Input((*config.input_size, 3), name='image')
+    skips = [inputs]
+    x = inputs
+    for i, filters in enumerate(config.encoder_filters):
+        x = _separable_bn(x, filters, config.kernel_size, 2, f'encoder{i + 1}')
+        skips.append(x)
+    x = keras.layers.Conv2D(config.bottleneck_filters, 1, use_bias=False, name='bottleneck')(x)
+    x = keras.layers.BatchNormalization(name='bottleneck_bn')(x)
+    x = keras.layers.ReLU(name='bottleneck_relu')(x)
+    skips.pop()  # the deepest encoder output feeds the bottleneck, not a skip
+    for i, filters in enumerate(config.decoder):
+        x = BilinearUpsample2x(name=f'decoder{i + 1}_up')(x)
+        x = keras.layers.Concatenate(name=f'decoder{i + 1}_concat')([x, skips.pop()])
+        for j in range(config.decoder_convs):
+            x = _separable_bn(x, filters, config.kernel_size, 1, f'decoder{i + 1}_{j + 1}')
+    outputs = keras.layers.Conv2D(NUM_CLASSES, 1, activation='softmax', name='classes')(x)
+    return keras.Model(inputs, outputs, name=name)

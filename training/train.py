@@ -1,0 +1,371 @@
+"""
+Train the follow-me FCN from a YAML experiment config.
+
+    python -m training.train --config training/configs/classic.yaml
+
+Each run writes to training_runs/<name>-<time>/: the resolved config, a fingerprint of the
+data, best.weights.h5 (best validation score so far, saved as soon as it improves, so a run
+can be stopped at any time), last.weights.h5, history.csv, curves.png and TensorBoard logs.
+"""
+
+import argparse
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+import subprocess
+import sys
+import time
+
+from followme_common import scoring
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / 'training_runs'
+
+DEFAULTS = {
+    'name': 'run',
+    'seed': 42,
+    'data': {'train': None, 'val': None},  # None: the shared data set's train / validation
+    'model': {},                           # training.model.ModelConfig fields
+    'augment': {},                         # training.augment.AugmentConfig fields
+    'train': {
+        'batch_size': 32,
+        'epochs': 30,
+        'steps_per_epoch': 100,
+        'learning_rate': 0.01,
+        'lr_schedule': 'constant',   # or 'cosine': decays to 0 over epochs x steps
+        'hero_weight': 1.0,          # cross-entropy weight of hero pixels (others: 1)
+        'dice_weight': 0.0,          # weight of a soft-dice term on the hero class
+        'small_hero_pixels': 0,      # frames whose hero covers 1..N pixels at input size...
+        'small_hero_repeats': 1,     # ...are seen this many times per pass
+        'max_minutes': 0.0,          # stop after this much wall time (0: no limit)
+        'max_train_frames': 0,       # a seeded random subset of the data (0: all of it),
+        'max_val_frames': 0,         # e.g. for the hyper-parameter search
+        'init_weights': '',          # start from these weights (a fine-tune); '' = random
+    },
+}
+
+
+class ConfigError(ValueError):
+    """An experiment config that cannot be run; the message says which key and why."""
+
+
+def load_config(path, overrides=None) -> dict:
+    """Read a YAML config over the defaults; refuse unknown keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file {path} not found (see training/configs/)')
+    loaded = yaml.safe_load(path.read_text()) or {}
+    return merge_config(loaded, overrides)
+
+
+def merge_config(loaded: dict, overrides=None) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    for source in (loaded, overrides or {}):
+        for key, value in source.items():
+            if key not in config:
+                raise ConfigError(f"unknown config key '{key}' (known: {', '.join(config)})")
+            if key == 'train':
+                unknown = set(value) - set(DEFAULTS['train'])
+                if unknown:
+                    raise ConfigError(f"unknown train settings: {', '.join(sorted(unknown))} "
+                                      f"(known: {', '.join(DEFAULTS['train'])})")
+            if isinstance(config[key], dict) and key != 'model' and key != 'augment':
+                config[key].update(value or {})
+            else:
+                config[key] = value
+    if config['train']['lr_schedule'] not in ('constant', 'cosine'):
+        raise ConfigError("train.lr_schedule must be 'constant' or 'cosine'")
+    return config
+
+
+def data_roots(spec, split: str) -> list:
+    """Turn a data entry (path or list; None: the shared set's split) into a list of Paths."""
+    from training.data import DEFAULT_DATA_ROOT
+    if spec is None:
+        if not DEFAULT_DATA_ROOT.is_dir():
+            raise ConfigError(f'no data.{split} in the config and the default data set '
+                              f'{DEFAULT_DATA_ROOT} does not exist')
+        return [DEFAULT_DATA_ROOT / {'train': 'train', 'val': 'validation'}[split]]
+    paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    return [Path(p).expanduser().resolve() for p in paths]
+
+
+def subset(pairs: list, count: int, seed: int) -> list:
+    """Pick a seeded random subset of count pairs, in file order (all when count <= 0)."""
+    if count <= 0 or count >= len(pairs):
+        return pairs
+    chosen = np.random.default_rng(seed).choice(len(pairs), size=count, replace=False)
+    return [pairs[i] for i in sorted(chosen)]
+
+
+def make_loss(hero_weight: float, dice_weight: float):
+    """Class-weighted cross-entropy plus an optional soft-dice term on the hero class."""
+    import keras
+    ops = keras.ops
+    weights = ops.convert_to_tensor([1.0, 1.0, float(hero_weight)])
+
+    def followme_loss(y_true, y_pred):
+        onehot = ops.one_hot(ops.cast(y_true, 'int32'), scoring.HERO + 1)
+        ce = -ops.sum(onehot * ops.log(ops.clip(y_pred, 1e-7, 1.0)), axis=-1)
+        pixel_weight = ops.sum(onehot * weights, axis=-1)
+        loss = ops.sum(ce * pixel_weight) / ops.sum(pixel_weight)
+        if dice_weight:
+            truth, pred = onehot[..., scoring.HERO], y_pred[..., scoring.HERO]
+            dice = (2.0 * ops.sum(truth * pred) + 1.0) / (ops.sum(truth) + ops.sum(pred) + 1.0)
+            loss = loss + dice_weight * (1.0 - dice)
+        return loss
+
+    return followme_loss
+
+
+def predict(model, images_uint8, batch_size=32) -> np.ndarray:
+    """Softmax probabilities for uint8 frames, in batches."""
+    from training.data import to_model_input
+    out = []
+    for start in range(0, len(images_uint8), batch_size):
+        batch = to_model_input(images_uint8[start:start + batch_size])
+        out.append(np.asarray(model.predict_on_batch(batch)))
+    return np.concatenate(out)
+
+
+def validation_metrics(model, frames, loss_fn, batch_size=32) -> dict:
+    """Loss, hero IoU and the one-set score on the validation frames."""
+    probs = predict(model, frames.images, batch_size)
+    losses = [float(loss_fn(frames.ids[s:s + batch_size], probs[s:s + batch_size]))
+              for s in range(0, len(probs), batch_size)]
+    result = scoring.SetScore()
+    for prob, ids in zip(probs, frames.ids):
+        result.add(scoring.score_frame(prob, ids))
+    with_hero = [f.hero_iou for f in result.frames if f.truth_present]
+    return {
+        'val_loss': float(np.mean(losses)),
+        'val_hero_iou': float(np.mean(with_hero)) if with_hero else 0.0,
+        'val_weight': scoring.detection_weight([result]),
+        'val_score': scoring.single_set_score(result),
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def plot_curves(history: list, path: Path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [h['epoch'] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(epochs, [h['loss'] for h in history], label='train loss')
+    left.plot(epochs, [h['val_loss'] for h in history], label='val loss')
+    left.set_xlabel('epoch')
+    left.legend()
+    for key in ('val_score', 'val_hero_iou', 'val_weight'):
+        right.plot(epochs, [h[key] for h in history], label=key)
+    right.set_xlabel('epoch')
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
+                   max_minutes: float):
+    """Build the callback that scores, checkpoints, logs, plots and shows progress."""
+    import keras
+    from tqdm import tqdm
+
+    class FollowmeCallback(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = -math.inf
+            self.history = []
+            self.started = time.monotonic()
+            self.bar = None
+            self.scalars = ScalarLog(run_dir / 'tensorboard')
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.monotonic()
+            self.bar = tqdm(total=steps, desc=f'epoch {epoch + 1}/{epochs}', unit='step',
+                            mininterval=5.0, file=sys.stdout)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+            if logs and 'loss' in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.close()
+            train_seconds = time.monotonic() - self.epoch_started
+            metrics = validation_metrics(self.model, val_frames, loss_fn)
+            logs.update(metrics)
+            row = {'epoch': epoch + 1, 'loss': float(logs['loss']), **metrics,
+                   'learning_rate': float(keras.ops.convert_to_numpy(
+                       self.model.optimizer.learning_rate)),
+                   'train_seconds': train_seconds,
+                   'epoch_seconds': time.monotonic() - self.epoch_started}
+            self.history.append(row)
+            self.scalars.write(epoch + 1, {k: v for k, v in row.items() if k != 'epoch'})
+            self.model.save_weights(run_dir / 'last.weights.h5')
+            if metrics['val_score'] > self.best:
+                self.best = metrics['val_score']
+                self.model.save_weights(run_dir / 'best.weights.h5')
+                (run_dir / 'best.json').write_text(json.dumps(row, indent=2) + '\n')
+            with open(run_dir / 'history.csv', 'w', newline='') as out:
+                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer.writeheader()
+                writer.writerows(self.history)
+            plot_curves(self.history, run_dir / 'curves.png')
+            tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f} val_loss "
+                       f"{row['val_loss']:.4f} val_hero_iou {row['val_hero_iou']:.3f} "
+                       f"val_score {row['val_score']:.3f} (best {self.best:.3f}) "
+                       f"{row['epoch_seconds']:.0f} s", file=sys.stdout)
+            sys.stdout.flush()
+            if max_minutes and time.monotonic() - self.started > 60.0 * max_minutes:
+                tqdm.write(f'time limit of {max_minutes} min reached, stopping', file=sys.stdout)
+                self.model.stop_training = True
+
+    followme = FollowmeCallback()
+    return followme, [followme]
+
+
+class ScalarLog:
+    """TensorBoard scalars written with tf.summary.write, which needs no tensorboard package."""
+
+    def __init__(self, log_dir: Path):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(log_dir))
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = 'scalars'
+
+    def write(self, step: int, values: dict):
+        with self._writer.as_default():
+            for tag, value in values.items():
+                self._tf.summary.write(tag, self._tf.constant(float(value)), step=step,
+                                       metadata=self._metadata)
+        self._writer.flush()
+
+
+def resolve_init_weights(path) -> Path:
+    """The weights file a fine-tune starts from: a .weights.h5 file or a run folder's best."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'best.weights.h5'
+    if not path.is_file():
+        raise ConfigError(f'train.init_weights: {path} does not exist (give a .weights.h5 '
+                          'file or a run folder that holds best.weights.h5)')
+    return path
+
+
+def distribution_strategy():
+    """All visible GPUs through MirroredStrategy when there are several, else the default."""
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices('GPU')
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
+    """Run one experiment; return its run folder (best.weights.h5 is the result)."""
+    import keras
+
+    from training.augment import AugmentConfig, make_augment_fn
+    from training.data import find_all_pairs, fingerprint, materialize, save_json, \
+        training_dataset
+    from training.model import build_model, ModelConfig
+
+    model_config = ModelConfig.from_dict(config['model'])
+    augment_config = AugmentConfig.from_dict(config['augment'])
+    settings = config['train']
+    train_roots = data_roots(config['data']['train'], 'train')
+    val_roots = data_roots(config['data']['val'], 'val')
+    config = copy.deepcopy(config)
+    config['data'] = {'train': [str(p) for p in train_roots],
+                      'val': [str(p) for p in val_roots]}
+
+    run_name = run_name or f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(output_root) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f'run folder: {run_dir}', flush=True)
+
+    keras.utils.set_random_seed(int(config['seed']))
+    train_pairs = subset(find_all_pairs(train_roots), int(settings['max_train_frames']),
+                         int(config['seed']))
+    val_pairs = subset(find_all_pairs(val_roots), int(settings['max_val_frames']),
+                       int(config['seed']))
+    save_json(run_dir / 'data_fingerprint.json', {
+        'train': fingerprint(train_pairs), 'val': fingerprint(val_pairs), 'commit': git_commit()})
+    size = model_config.input_size
+    train_frames = materialize(train_pairs, size, 'decoding train')
+    val_frames = materialize(val_pairs, size, 'decoding val')
+    for label, frames in (('train', train_frames), ('val', val_frames)):
+        if frames.resized:
+            print(f'{label}: {frames.resized} frames had an unusual size and were resized',
+                  flush=True)
+
+    dataset = training_dataset(
+        train_frames, int(settings['batch_size']), int(config['seed']),
+        make_augment_fn(augment_config), int(settings['small_hero_pixels']),
+        int(settings['small_hero_repeats']))
+    steps, epochs = int(settings['steps_per_epoch']), int(settings['epochs'])
+    learning_rate = float(settings['learning_rate'])
+    if settings['lr_schedule'] == 'cosine':
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs)
+    loss_fn = make_loss(float(settings['hero_weight']), float(settings['dice_weight']))
+
+    with distribution_strategy().scope():
+        model = build_model(model_config)
+        if settings['init_weights']:
+            model.load_weights(resolve_init_weights(settings['init_weights']))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
+    followme, callbacks = make_callbacks(run_dir, val_frames, loss_fn, steps, epochs,
+                                         float(settings['max_minutes']))
+    try:
+        model.fit(dataset, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  shuffle=False, verbose=0)
+    except KeyboardInterrupt:
+        print('\ninterrupted: best.weights.h5 holds the best epoch so far', flush=True)
+    if followme.history:
+        best = max(followme.history, key=lambda h: h['val_score'])
+        print(f"best epoch {best['epoch']}: val_score {best['val_score']:.4f}, "
+              f"weights in {run_dir / 'best.weights.h5'}", flush=True)
+    return run_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train the follow-me FCN from a YAML experiment config.')
+    parser.add_argument('--config', required=True, help='experiment YAML (training/configs/)')
+    parser.add_argument('--output', default=str(DEFAULT_OUTPUT),
+                        help='folder for run folders (default: %(default)s)')
+    parser.add_argument('--name', help='run folder name (default: <config name>-<time>)')
+    parser.add_argument('--epochs', type=int, help='override train.epochs')
+    parser.add_argument('--steps-per-epoch', type=int, help='override train.steps_per_epoch')
+    parser.add_argument('--max-minutes', type=float, help='override train.max_minutes')
+    args = parser.parse_args(argv)
+    overrides = {key: value for key, value in (
+        ('epochs', args.epochs), ('steps_per_epoch', args.steps_per_epoch),
+        ('max_minutes', args.max_minutes)) if value is not None}
+    from training.data import DataError
+    try:
+        config = load_config(args.config)
+        config['train'].update(overrides)
+        train(config, args.output, args.name)
+    except (ConfigError, DataError) as err:
+        parser.exit(2, f'error: {err}\n')
+
+
+if __name__ == '__main__':
+    main()
