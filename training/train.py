@@ -257,7 +257,7 @@ class ScalarLog:
 
 
 def resolve_init_weights(path) -> Path:
-    """The weights file a fine-tune starts from: a .weights.h5 file or a run folder's best."""
+    """Return the weights file a fine-tune starts from: a .weights.h5 file or a run's best."""
     path = Path(path)
     if path.is_dir():
         path = path / 'best.weights.h5'
