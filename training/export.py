@@ -122,9 +122,13 @@ def training_data_summary(run_dir: Path) -> dict:
 
 
 def _short_path(path) -> str:
-    parts = Path(path).parts
-    return '/'.join(parts[parts.index('udacity_followme'):]) if 'udacity_followme' in parts \
-        else str(path)
+    """Name a data root without this machine's prefix: the shared set's or the repo's path."""
+    path = Path(path)
+    if 'udacity_followme' in path.parts:
+        return '/'.join(path.parts[path.parts.index('udacity_followme'):])
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    return str(path)
 
 
 def write_card(path, onnx_path, run_dir, report, timing, commit, parity):
@@ -138,7 +142,8 @@ def write_card(path, onnx_path, run_dir, report, timing, commit, parity):
         f"{s['true_positives']} | {s['false_negatives']} | {s['false_positives']} |"
         for name, s in report['sets'].items())
     sizes = '\n'.join(
-        f"| {r['hero_pixels'][0]}-{r['hero_pixels'][1] if r['hero_pixels'][1] else ''} | "
+        f"| {r['hero_pixels'][0]}{'-' if r['hero_pixels'][1] else '+'}"
+        f"{r['hero_pixels'][1] or ''} | "
         f"{r['frames']} | {'' if r['hero_iou'] is None else format(r['hero_iou'], '.3f')} | "
         f"{'' if r['detected'] is None else format(r['detected'], '.2f')} |"
         for r in report['hero_iou_by_size'])
@@ -182,12 +187,14 @@ Hero IoU against hero size (pixels at the input size, frames of `following_image
 
 ## Training
 
-Config `{config['name']}` (`training/configs/{config['name']}.yaml`), seed {config['seed']};
+Run `{run_dir.name}` (config `{config['name']}`, saved as `config.yaml` in the run folder),
+seed {config['seed']};
 best epoch {best['epoch']} of {epochs_run} run (validation one-set score
 {best['val_score']:.4f}, hero IoU {best['val_hero_iou']:.4f}).
 
 ```yaml
-{yaml.safe_dump({k: config[k] for k in ('model', 'augment', 'train')}, sort_keys=False).strip()}
+{yaml.safe_dump({k: config[k] for k in ('model', 'augment', 'train')}, sort_keys=False,
+                default_flow_style=None).strip()}
 ```
 
 ## Contract
