@@ -7,7 +7,6 @@ so a perception node that stops publishing still gets a command: the deadman's d
 zero. See docs/control.md.
 """
 
-import argparse
 from collections import OrderedDict
 from dataclasses import fields
 import math
@@ -15,6 +14,7 @@ import sys
 import threading
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from followme_common import node_cli
 from followme_control.follow import FollowController, FollowParams, State
 from followme_perception.detection import HeroDetection, RangeSource
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
@@ -26,7 +26,6 @@ from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.utilities import remove_ros_args
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 
@@ -346,16 +345,12 @@ def _fmt(value):
 
 def parse_args(argv):
     """--help for users; ROS arguments (--ros-args ...) pass through to rclpy."""
-    parameters = '\n'.join(f'  {name} (default {default!r}): {descriptor.description}'
-                           for name, (default, descriptor) in PARAMETERS.items())
-    parser = argparse.ArgumentParser(
-        prog='control_node', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Follow the hero: hero_pose (+ hero_detection, odom) in; cmd_vel (body '
-                    'frame, REP 103), follow_state and /diagnostics out; std_srvs/SetBool '
-                    'service `enable`. See docs/control.md.',
-        epilog='parameters (set with --ros-args -p NAME:=VALUE or a --params-file):\n'
-               + parameters)
-    parser.parse_args(remove_ros_args(argv)[1:])
+    node_cli.parse_node_args(
+        argv, 'control_node',
+        'Follow the hero: hero_pose (+ hero_detection, odom) in; cmd_vel (body '
+        'frame, REP 103), follow_state and /diagnostics out; std_srvs/SetBool '
+        'service `enable`. See docs/control.md.',
+        PARAMETERS)
 
 
 def main(args=None):

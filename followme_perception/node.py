@@ -6,14 +6,13 @@ frame; a worker thread processes whatever is newest when it is free, so a slow m
 frames (counted) instead of building a backlog of stale ones.
 """
 
-import argparse
 from collections import Counter, deque
 import sys
 import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from followme_common import paths
+from followme_common import node_cli, paths
 from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
                                         image_to_rgb, ImageConversionError)
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
@@ -29,7 +28,6 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from visualization_msgs.msg import Marker
@@ -414,16 +412,12 @@ def _seconds(stamp):
 
 def parse_args(argv):
     """--help for users; ROS arguments (--ros-args ...) pass through to rclpy."""
-    parameters = '\n'.join(f'  {name} (default {default!r}): {descriptor.description}'
-                           for name, (default, descriptor) in PARAMETERS.items())
-    parser = argparse.ArgumentParser(
-        prog='perception_node', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Segment camera frames (image, depth, camera_info) with the followme FCN '
-                    'and publish mask, mask_overlay, hero_pose, hero_detection, hero_marker '
-                    'and /diagnostics. See docs/perception.md.',
-        epilog='parameters (set with --ros-args -p NAME:=VALUE or a --params-file):\n'
-               + parameters)
-    parser.parse_args(remove_ros_args(argv)[1:])
+    node_cli.parse_node_args(
+        argv, 'perception_node',
+        'Segment camera frames (image, depth, camera_info) with the followme FCN '
+        'and publish mask, mask_overlay, hero_pose, hero_detection, hero_marker '
+        'and /diagnostics. See docs/perception.md.',
+        PARAMETERS)
 
 
 def main(args=None):

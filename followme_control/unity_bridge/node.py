@@ -8,7 +8,6 @@ targets: the hero's world position (mode `target`, the classic) or where cmd_vel
 quad (mode `velocity`). See docs/unity_bridge.md.
 """
 
-import argparse
 from collections import Counter
 import math
 import sys
@@ -17,6 +16,7 @@ import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from followme_common import node_cli
 from followme_common.image_msgs import fill_image
 from followme_control.unity_bridge import protocol
 from followme_control.unity_bridge.server import QuadSimServer, ServerListener
@@ -28,7 +28,6 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -372,17 +371,13 @@ class UnityBridgeNode(Node, ServerListener):
 
 def parse_args(argv):
     """--help for users; ROS arguments (--ros-args ...) pass through to rclpy."""
-    parameters = '\n'.join(f'  {name} (default {default!r}): {descriptor.description}'
-                           for name, (default, descriptor) in PARAMETERS.items())
-    parser = argparse.ArgumentParser(
-        prog='unity_bridge', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Serve the Unity quadrotor simulator (Follow Me mode) on socket.io: its '
-                    'frames become image, depth, camera_info, drone_pose, camera_pose; '
-                    'hero_pose (mode target) or cmd_vel (mode velocity) become object_detected '
-                    'targets. See docs/unity_bridge.md.',
-        epilog='parameters (set with --ros-args -p NAME:=VALUE or a --params-file):\n'
-               + parameters)
-    parser.parse_args(remove_ros_args(argv)[1:])
+    node_cli.parse_node_args(
+        argv, 'unity_bridge',
+        'Serve the Unity quadrotor simulator (Follow Me mode) on socket.io: its '
+        'frames become image, depth, camera_info, drone_pose, camera_pose; '
+        'hero_pose (mode target) or cmd_vel (mode velocity) become object_detected '
+        'targets. See docs/unity_bridge.md.',
+        PARAMETERS)
 
 
 def main(args=None):
