@@ -15,12 +15,12 @@ import threading
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli
+from followme_common.node_params import float_param as _float, int_param as _int
 from followme_control.follow import FollowController, FollowParams, State
 from followme_perception.detection import HeroDetection, RangeSource
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
@@ -46,17 +46,6 @@ HINTS = {
     'out_of_order': 'stamp older than the newest accepted one',
 }
 LOST_STATES = (State.HOVER, State.SEARCH)
-
-
-def _float(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               floating_point_range=[FloatingPointRange(
-                                   from_value=float(low), to_value=float(high))])
-
-
-def _int(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               integer_range=[IntegerRange(from_value=low, to_value=high)])
 
 
 def _fixed(description):

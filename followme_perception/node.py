@@ -15,6 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
 from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
                                         image_to_rgb, ImageConversionError)
+from followme_common.node_params import float_param as _float, int_param as _int
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import tint
@@ -22,8 +23,7 @@ from followme_perception.segmenter import DEFAULT_PROVIDERS, HERO, ModelError, S
 from geometry_msgs.msg import Point, PoseStamped
 import numpy as np
 import onnxruntime as ort
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -38,17 +38,6 @@ THROTTLE_S = 5.0
 COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', '8UC3')
 STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
 TIMING_WINDOW = 100  # frames behind the medians in diagnostics
-
-
-def _float(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               floating_point_range=[FloatingPointRange(
-                                   from_value=float(low), to_value=float(high))])
-
-
-def _int(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               integer_range=[IntegerRange(from_value=low, to_value=high)])
 
 
 def _text(description):

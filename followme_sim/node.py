@@ -22,6 +22,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import paths
 from followme_common.image_msgs import fill_image, image_to_array, ImageConversionError
+from followme_common.node_params import float_param as _float, int_param as _int
 from followme_perception.detection import HeroDetection
 from followme_sim import drone as drone_model
 from followme_sim import metrics, reference, report, scenario as scenarios
@@ -30,8 +31,7 @@ from followme_sim.world import CameraModel, yaw_matrix
 from geometry_msgs.msg import PoseStamped, Twist
 from nav_msgs.msg import Odometry
 import numpy as np
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
@@ -47,16 +47,6 @@ RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
 READ_ONLY = ('scenario', 'seed', 'image_width', 'image_height', 'camera_rate',
              'real_time_factor', 'camera_qos_reliability', 'camera_qos_depth', 'output_folder',
              'diagnostics_period')
-
-
-def _float(description, low, high):
-    return ParameterDescriptor(description=description, floating_point_range=[
-        FloatingPointRange(from_value=float(low), to_value=float(high))])
-
-
-def _int(description, low, high):
-    return ParameterDescriptor(description=description, integer_range=[
-        IntegerRange(from_value=int(low), to_value=int(high), step=1)])
 
 
 def _text(description):

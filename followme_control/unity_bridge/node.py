@@ -18,11 +18,11 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli
 from followme_common.image_msgs import fill_image
+from followme_common.node_params import float_param as _float, int_param as _int
 from followme_control.unity_bridge import protocol
 from followme_control.unity_bridge.server import QuadSimServer, ServerListener
 from geometry_msgs.msg import Pose as PoseMsg, PoseStamped, Twist
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
@@ -57,17 +57,6 @@ PROBLEMS = {
     'cmd_vel_invalid': 'cmd_vel with NaN/inf',
     'cmd_vel_without_pose': 'cmd_vel while no fresh drone pose is known',
 }
-
-
-def _float(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               floating_point_range=[FloatingPointRange(
-                                   from_value=float(low), to_value=float(high))])
-
-
-def _int(description, low, high, read_only=False):
-    return ParameterDescriptor(description=description, read_only=read_only,
-                               integer_range=[IntegerRange(from_value=low, to_value=high)])
 
 
 def _text(description, choices=None):
