@@ -10,6 +10,7 @@ level in roll and at a fixed pitch.
 from dataclasses import dataclass
 import math
 
+from followme_control.follow import Command
 import numpy as np
 
 
@@ -24,14 +25,6 @@ class DroneLimits:
     tau: float = 0.35               # velocity response time constant (s)
     yaw_tau: float = 0.2            # yaw rate response time constant (s)
     reject_above: float = 1000.0    # |value| beyond this is garbage, not a fast command
-
-
-@dataclass(frozen=True)
-class Command:
-    forward: float = 0.0
-    left: float = 0.0
-    up: float = 0.0
-    yaw_rate: float = 0.0
 
 
 HOVER = Command()
