@@ -20,8 +20,8 @@ from followme_common.bags.msgtypes import message_class, UnknownTypeError
 from followme_common.bags.spinning import BackgroundSpin
 from followme_common.bags.storage import (BagError, normalise_type_name, offered_qos,
                                           QueuedBagWriter, STORAGE_CHOICES)
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from followme_common.node_params import declare_checked
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
@@ -85,17 +85,7 @@ class RecordNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('record_node', **kwargs)
-        for name, (default, description, extras) in PARAMETERS.items():
-            self.declare_parameter(name, default,
-                                   ParameterDescriptor(description=description, **extras))
-        # An unset string array ('topics') reads as uninitialised: no topics.
-        params = {name: self.get_parameter_or(name, Parameter(name, value=None)).value
-                  for name in PARAMETERS}
-        params['topics'] = params['topics'] or []
-        for name, value in params.items():
-            reason = validate(name, value)
-            if reason:
-                raise ValueError(reason)
+        params = declare_checked(self, PARAMETERS, validate)
         if not params['topics'] and not params['all']:
             raise ValueError("nothing to record: give topics or set 'all' (record --all)")
         self.add_on_set_parameters_callback(self._refuse_changes)

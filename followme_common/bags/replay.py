@@ -15,8 +15,8 @@ from followme_common.bags.msgtypes import message_class, UnknownTypeError
 from followme_common.bags.playback import Playback
 from followme_common.bags.spinning import BackgroundSpin
 from followme_common.bags.storage import BagError, BagReader
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from followme_common.node_params import declare_checked
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -72,17 +72,7 @@ class ReplayNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('replay_node', **kwargs)
-        for name, (default, description, extras) in PARAMETERS.items():
-            self.declare_parameter(name, default,
-                                   ParameterDescriptor(description=description, **extras))
-        # An unset string array ('topics') reads as uninitialised: no topics.
-        params = {name: self.get_parameter_or(name, Parameter(name, value=None)).value
-                  for name in PARAMETERS}
-        params['topics'] = params['topics'] or []
-        for name, value in params.items():
-            reason = validate(name, value)
-            if reason:
-                raise ValueError(reason)
+        params = declare_checked(self, PARAMETERS, validate)
         if not params['bag']:
             raise ValueError("no bag given: set the 'bag' parameter (replay BAG)")
         self.add_on_set_parameters_callback(self._on_set_parameters)
