@@ -71,8 +71,14 @@ PARAMETERS = {
         'after each frame, wait (wall clock) for the perception summary of that frame on '
         'hero_detection before simulating on, so a slow machine slows the simulation instead '
         'of dropping frames')),
-    'lockstep_timeout': (1.0, _float("longest wait for a frame's hero_detection (wall s)",
-                                     0.01, 30.0)),
+    'lockstep_timeout': (1.0, _float(
+        "longest wait for a frame's hero_detection or a tick's cmd_vel (wall s); after a "
+        'timeout the simulator stops waiting for that input until it arrives again',
+        0.01, 30.0)),
+    'lockstep_control_rate': (20.0, _float(
+        "control_node's rate_hz: in lockstep, the simulator also waits at each of the "
+        "controller's ticks in simulated time for one cmd_vel, so commands take effect at the "
+        'same simulated time on every run (0 = do not wait for commands)', 0.0, 1000.0)),
     'real_time_factor': (0.0, _float(
         'simulated seconds per wall second at most; 0 = as fast as the loop allows',
         0.0, 100.0)),
@@ -131,6 +137,12 @@ class SimNode(Node):
         self.done = threading.Event()
         self._counts = Counter()
         self._awaiting = None        # (frame index, wall time published) while in lockstep
+        self._awaiting_command = None  # (cmd_vel count, wall time) at a controller tick
+        self._silent = set()         # inputs that timed out: not waited for until they return
+        self._command_lockstep = True  # off once cmd_vel proves not to come at our ticks
+        self._cmd_count = 0          # cmd_vel messages received, valid or not
+        self._last_tick = None       # sim time of the last controller tick crossed
+        self._command_delays = []    # sim s from a controller tick to the cmd_vel that followed
         self._wall_start = None
         self._video = []             # (frame index, rgb, true classes) every `_video_stride`
         self._video_stride = max(1, math.ceil(
@@ -197,6 +209,9 @@ class SimNode(Node):
             'lockstep_timeouts': self._counts['lockstep_timeouts'],
             'perception_wait_ms_mean': round(1000 * float(np.mean(self._loop_waits)), 1)
             if self._loop_waits else None,
+            # Simulated time from a controller tick to its cmd_vel: 0 in command lockstep.
+            'command_delay_sim_ms_max': round(1000 * max(self._command_delays), 1)
+            if self._command_delays else None,
         }
         written = report.write(folder, summary, self.scenario, log, ref_log, video,
                                loop_masks, fps=self.settings.camera_rate / self._video_stride)
@@ -234,24 +249,70 @@ class SimNode(Node):
         if self._wall_start is None:
             self._wall_start = time.monotonic()
         with self._lock:
-            if self._awaiting is not None:
-                index, since = self._awaiting
-                if time.monotonic() - since < self._param('lockstep_timeout'):
-                    return
-                self._counts['lockstep_timeouts'] += 1
-                self.get_logger().warn(
-                    f'no hero_detection for frame {index} within lockstep_timeout: simulating '
-                    'on (is the perception node running?)', throttle_duration_sec=10.0)
-                self._awaiting = None
+            if self._waiting():
+                return
             sim = self.sim
             if sim.frames_captured and sim.finished:
                 self._finish()
                 return
             frame_time = sim.next_frame_time()
+            before = sim.time
             sim.advance(min(sim.time + self.settings.physics_dt, frame_time))
             self._pub_clock.publish(ClockMsg(clock=to_stamp(sim.time)))
+            if self._crossed_control_tick(before, sim.time):
+                self._last_tick = sim.time
+                if self._param('lockstep') and self._command_lockstep and \
+                        'cmd_vel' not in self._silent:
+                    self._awaiting_command = (self._cmd_count, time.monotonic())
             if sim.time >= frame_time - 1e-9:
                 self._publish_frame(sim.capture())
+
+    def _waiting(self):
+        """Whether the lockstep still waits for the loop (call with the lock held)."""
+        timeout = self._param('lockstep_timeout')
+        now = time.monotonic()
+        if self._awaiting is not None:
+            index, since = self._awaiting
+            if now - since < timeout:
+                return True
+            self._lockstep_timeout('hero_detection', f'frame {index}',
+                                   'is the perception node running?')
+            self._awaiting = None
+        if self._awaiting_command is not None:
+            count, since = self._awaiting_command
+            if self._cmd_count > count:
+                self._awaiting_command = None
+            elif now - since < timeout:
+                return True
+            elif count == 0:
+                self._lockstep_timeout('cmd_vel', f't = {self.sim.time:.2f} s',
+                                       'is the control node running?')
+                self._awaiting_command = None
+            else:
+                # Commands do come, but not at our ticks: waiting would stall every tick.
+                self._counts['lockstep_timeouts'] += 1
+                self._command_lockstep = False
+                self._awaiting_command = None
+                self.get_logger().warn(
+                    f'cmd_vel came, but none for the controller tick at t = '
+                    f'{self.sim.time:.2f} s: no longer waiting for cmd_vel in this run (set '
+                    "lockstep_control_rate to control_node's rate_hz and run it on simulated "
+                    'time)')
+        return False
+
+    def _lockstep_timeout(self, topic, what, hint):
+        self._counts['lockstep_timeouts'] += 1
+        self._silent.add(topic)
+        self.get_logger().warn(
+            f'no {topic} for {what} within lockstep_timeout: simulating on without waiting '
+            f'for {topic} until it arrives ({hint})', throttle_duration_sec=10.0)
+
+    def _crossed_control_tick(self, before, after):
+        rate = self._param('lockstep_control_rate')
+        if rate <= 0:
+            return False
+        # Ticks fall on multiples of the period; the epsilon absorbs float sums of physics_dt.
+        return math.floor(after * rate + 1e-6) > math.floor(before * rate + 1e-6)
 
     def _finish(self):
         self.get_logger().info(f'scenario finished at t = {self.sim.time:.1f} s')
@@ -276,7 +337,7 @@ class SimNode(Node):
         self._pub_odom.publish(self._odometry(stamp))
         if capture.index % self._video_stride == 0:
             self._video.append((capture.index, frame.rgb, frame.classes))
-        if self._param('lockstep'):
+        if self._param('lockstep') and 'hero_detection' not in self._silent:
             self._awaiting = (capture.index, time.monotonic())
         self._pub_image.publish(image)  # last: the loop starts on it
         self._counts['frames'] += 1
@@ -325,6 +386,11 @@ class SimNode(Node):
     def _on_cmd_vel(self, msg):
         values = (msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.z)
         with self._lock:
+            self._cmd_count += 1
+            self._silent.discard('cmd_vel')
+            if self._last_tick is not None:
+                self._command_delays.append(self.sim.time - self._last_tick)
+                self._last_tick = None
             verdict = self.sim.set_command(values)
         if verdict == 'rejected':
             self.get_logger().warn(
@@ -348,6 +414,7 @@ class SimNode(Node):
             return
         index = self._frame_index(detection.stamp)
         with self._lock:
+            self._silent.discard('hero_detection')
             self.sim.mark_seen(index, detection.present)
             if self._awaiting is not None and self._awaiting[0] == index:
                 self._loop_waits.append(time.monotonic() - self._awaiting[1])
