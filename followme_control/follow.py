@@ -72,10 +72,15 @@ class FollowParams:
                           '(from odom when fresh, else the command sent), so a coasting '
                           'prediction does not drift')
     velocity_feedforward: float = _param(
-        0.8, 0.0, 1.5,
+        1.0, 0.0, 1.5,
         "share of the hero's own velocity (kalman filter with ego-motion compensation) added "
-        'to the forward speed and yaw rate, so a walking hero is followed with less lag; 0 = '
-        'pure feedback. Near 1 it needs a drone that flies the commands (or fresh odom)')
+        'to the forward speed and yaw rate, so a walking hero is followed without lag; 0 = '
+        'pure feedback. Applies while odom is fresh; see feedforward_without_odom')
+    feedforward_without_odom: float = _param(
+        0.5, 0.0, 1.0,
+        'cap on velocity_feedforward while odom is missing or stale: ego-motion compensation '
+        'then trusts the commands sent, and a gain near 1 would chase its own command (the '
+        'forward speed grows by 1 / (1 - gain) when the drone does not fly it)')
     # Timeouts (s), all judged from the estimate's header stamp.
     fresh_timeout: float = _param(0.3, 0.01, 10.0, 'estimates younger than this are fresh '
                                                    '(FOLLOW); older ones coast (s)')
@@ -628,6 +633,8 @@ class FollowController:
                     # The hero's own motion as range rate and bearing rate.
                     hero_forward, hero_left = self.filter.velocity
                     gain = p.velocity_feedforward
+                    if not self._odometry_fresh(now):
+                        gain = min(gain, p.feedforward_without_odom)
                     forward += gain * (hero_forward * target_forward
                                        + hero_left * target_left) / distance
                     yaw_rate += gain * (target_forward * hero_left

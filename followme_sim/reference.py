@@ -56,6 +56,10 @@ def run(scenario, settings, params: FollowParams, follow_distance, progress=None
             sim.advance(frame_time)
             # The reference needs only the true mask: no colour or depth render.
             capture = sim.capture(rgb=False, depth=False)
+            # The odometry sim_node publishes with each frame (the feedforward needs it).
+            forward, left, _ = sim.drone.body_velocity()
+            controller.add_odometry(capture.t, float(sim.drone.position[2]), forward, left,
+                                    sim.drone.yaw_rate, now=capture.t)
             visible = capture.hero_pixels >= settings.min_hero_pixels
             if visible:
                 x, y, z = capture.hero_optical

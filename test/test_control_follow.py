@@ -224,36 +224,40 @@ def test_ego_motion_compensation_moves_the_coasting_prediction():
 
 def test_measured_own_motion_from_odom_replaces_the_command():
     """
-    A drone that does not fly its commands, a still hero 8 m ahead.
+    A drone that does not fly its commands, a still hero 6 m ahead.
 
     With fresh odom (speed 0) the filter sees a still hero and the command is pure feedback.
-    Without odom, ego-motion compensation trusts the command, the filter concludes the hero
-    moves with the drone, and the feedforward pushes the command to its limit: the reason
-    velocity_feedforward near 1 wants odom or a drone that flies its commands.
+    Without odom, ego-motion compensation trusts the command, and the filter concludes the
+    hero moves with the drone. At a feedforward of 1 that pushes the command to its limit;
+    capped at feedforward_without_odom (0.5) the command settles at twice the feedback.
     """
     with_odom, without_odom = FollowController(FollowParams()), FollowController(FollowParams())
+    uncapped = FollowController(FollowParams(feedforward_without_odom=1.0))
     t = 0.0
     for _ in range(200):
         t = round(t + DT, 9)
-        for controller in (with_odom, without_odom):
-            see(controller, t, 8.0, 0.0)
+        for controller in (with_odom, without_odom, uncapped):
+            see(controller, t, 6.0, 0.0)
         with_odom.add_odometry(t, 5.0, 0.0, 0.0, 0.0, t)
-        with_odom.update(t)
-        without_odom.update(t)
+        for controller in (with_odom, without_odom, uncapped):
+            controller.update(t)
     p = FollowParams()
-    expected = p.forward_kp * (8.0 - p.follow_distance - p.forward_dead_band)
+    expected = p.forward_kp * (6.0 - p.follow_distance - p.forward_dead_band)
     assert with_odom.command.forward == pytest.approx(expected, rel=0.05)
-    assert without_odom.command.forward == pytest.approx(p.forward_max_velocity)
+    assert without_odom.command.forward == pytest.approx(2 * expected, rel=0.1)
+    assert uncapped.command.forward == pytest.approx(p.forward_max_velocity)
 
 
 def test_closed_loop_follows_a_walking_hero():
-    """A kinematic drone and a hero walking a circle: distance and bearing stay close."""
+    """A kinematic drone with odometry and a hero walking a circle: distance, bearing close."""
     controller = FollowController(FollowParams())
     drone_x = drone_y = yaw = 0.0
     t = 0.0
     distances, bearings = [], []
+    command = controller.command
     for step in range(800):  # 40 s
         t = round(t + DT, 9)
+        controller.add_odometry(t, 5.0, command.forward, 0.0, command.yaw_rate, t)
         hero_x, hero_y = 8 + 6 * math.sin(0.15 * t), 6 - 6 * math.cos(0.15 * t)
         dx, dy = hero_x - drone_x, hero_y - drone_y
         forward = math.cos(yaw) * dx + math.sin(yaw) * dy
