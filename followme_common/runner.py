@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 import sys
 import threading
+import time
 
 from followme_common import bringup, paths
 
@@ -105,7 +106,9 @@ def run(args) -> int:
         finite = [n for n in nodes if hasattr(n, 'done')]
         spin_thread = threading.Thread(target=executor.spin, daemon=True)
         spin_thread.start()
-        _wait(finite, show_progress=not args.no_progress)
+        if not _wait(finite, rclpy.ok, show_progress=not args.no_progress):
+            print('\nfollowme-run: shut down by a signal before the scenario finished')
+            return 1
         for node in finite:
             if hasattr(node, 'write_outputs'):
                 node.write_outputs(args.output)
@@ -125,22 +128,33 @@ def run(args) -> int:
     return 0
 
 
-def _wait(finite_nodes, show_progress):
-    """Block until every finite node is done (or forever when none is), with a progress bar."""
-    if not finite_nodes:
-        threading.Event().wait()
+def _wait(finite_nodes, running, show_progress):
+    """
+    Block until every finite node is done, with a progress bar; forever when none is.
+
+    Return False when `running()` turns false first: rclpy's signal handler shuts the context
+    down on SIGTERM (and SIGINT), and the runner must then stop instead of waiting on.
+    """
     bar = None
-    if show_progress and hasattr(finite_nodes[0], 'progress'):
+    if show_progress and finite_nodes and hasattr(finite_nodes[0], 'progress'):
         from tqdm import tqdm
         _, total = finite_nodes[0].progress()
         bar = tqdm(total=round(total, 1), unit='sim s', desc='following')
-    while not all(n.done.wait(0.2) for n in finite_nodes):
+    try:
+        while not finite_nodes or not all(n.done.wait(0.2) for n in finite_nodes):
+            if not running():
+                return False
+            if not finite_nodes:
+                time.sleep(0.2)
+            if bar is not None:
+                bar.n = round(finite_nodes[0].progress()[0], 1)
+                bar.refresh()
         if bar is not None:
-            bar.n = round(finite_nodes[0].progress()[0], 1)
-            bar.refresh()
-    if bar is not None:
-        bar.n = bar.total
-        bar.close()
+            bar.n = bar.total
+    finally:
+        if bar is not None:
+            bar.close()
+    return True
 
 
 def main(argv=None):

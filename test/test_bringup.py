@@ -79,3 +79,31 @@ def test_nodes_for_each_sim_choice():
     assert [s.name for s in bringup.nodes_for('embedded')][0] == 'sim_node'
     assert 'unity_bridge' in [s.name for s in bringup.nodes_for('unity')]
     assert {s.name for s in bringup.nodes_for('none')} == {'perception_node', 'control_node'}
+
+
+def test_runner_stops_on_sigterm():
+    """rclpy turns SIGTERM into a context shutdown; the runner must then exit, not wait on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'followme_common.runner', '--sim', 'none'],
+        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 60.0
+        lines = []
+        while time.monotonic() < deadline:
+            lines.append(process.stdout.readline())
+            if 'following at' in lines[-1]:  # the last node to start logs this
+                break
+        else:
+            raise AssertionError('runner did not start: ' + ''.join(lines))
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20.0)
+    finally:
+        process.kill()
+    assert process.returncode == 1, ''.join(lines) + output
+    assert 'shut down by a signal' in output
