@@ -47,7 +47,8 @@ def _text(description):
 # name: (default, descriptor). Start-up settings are read-only; the rest apply to the next frame.
 PARAMETERS = {
     'model_path': ('', _text(
-        "ONNX model file; empty means the package's shipped models/followme_fcn.onnx")),
+        "ONNX model file; empty means the package's shipped int8 models/followme_fcn_int8.onnx "
+        '(the float models/followme_fcn.onnx is the one for GPU providers)')),
     'providers': (list(DEFAULT_PROVIDERS), _text(
         'ONNX Runtime execution providers in order of preference; ones this build lacks are '
         'skipped, and the ones really used are logged and reported in diagnostics')),

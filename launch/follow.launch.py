@@ -21,7 +21,7 @@ SHARE = get_package_share_directory('followme')
 ARGUMENTS = (
     ('sim', 'embedded', 'drone to connect: embedded (MuJoCo simulator), unity (bridge to the '
                         'Unity quadrotor simulator) or none (a real camera and autopilot)'),
-    ('model', os.path.join(SHARE, 'models', 'followme_fcn.onnx'),
+    ('model', os.path.join(SHARE, 'models', 'followme_fcn_int8.onnx'),
      'ONNX segmentation model for the perception node'),
     ('params_file', os.path.join(SHARE, 'config', 'followme.yaml'), 'parameter YAML file'),
     ('namespace', '', 'namespace for every node and topic'),

@@ -82,7 +82,7 @@ def test_nodes_for_each_sim_choice():
 
 
 def test_runner_stops_on_sigterm():
-    """rclpy turns SIGTERM into a context shutdown; the runner must then exit, not wait on."""
+    """SIGTERM: rclpy shuts the context down, and the runner must then exit, not wait on."""
     import os
     import signal
     import subprocess

@@ -27,7 +27,7 @@ When the model or the simulator changes on purpose, regenerate the summary and c
 .venv/bin/python -m pytest test/test_offline_regression.py). It rewrites the JSON with the
 figures measured now and runs the other checks as usual (-s shows the figures).
 
-The model is the shipped models/followme_fcn.onnx; FOLLOWME_REGRESSION_MODEL=FILE uses another
+The model is the shipped models/followme_fcn_int8.onnx; FOLLOWME_REGRESSION_MODEL=FILE uses another
 one (a summary made with it fails against the shipped model, on purpose). Without the model
 the test skips.
 """

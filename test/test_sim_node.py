@@ -78,7 +78,6 @@ def test_closed_loop_follows_walking_hero(executor, tmp_path):
     assert (tmp_path / 'run' / 'follow.mp4').stat().st_size > 0
 
 
-
 def test_lockstep_applies_each_command_at_its_controller_tick(executor, tmp_path):
     """In lockstep the sim waits at every 20 Hz control tick for that tick's cmd_vel."""
     sim = _sim(tmp_path, 4.0, lockstep=True, lockstep_timeout=0.5)
@@ -101,6 +100,7 @@ def test_lockstep_without_a_loop_runs_on_after_one_timeout_per_input(executor, t
     executor.add_node(sim)
     assert spin_until(executor, sim.done.is_set, timeout=30.0)
     assert sim._counts['lockstep_timeouts'] == 2      # one hero_detection, one cmd_vel
+
 
 def test_bad_cmd_vel_is_rejected_or_clamped_and_counted(executor, tmp_path):
     sim = _sim(tmp_path, 60.0, real_time_factor=1.0, diagnostics_period=0.2)

@@ -1,0 +1,65 @@
+"""training.quantize on a tiny real ONNX model: int8 file, metadata, agreement check, card."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from perception_models import colour_model
+import pytest
+from training.evaluate import OnnxPredictor
+from training.quantize import class_agreement, QuantizationError, quantize, write_card_section
+
+
+def _frames(count, size=64, seed=0):
+    """Frames of solid red, green and blue squares on noise: every class present."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 60, (count, size, size, 3), dtype=np.uint8)
+    for frame in frames:
+        for channel in range(3):
+            y, x = rng.integers(0, size - 16, 2)
+            frame[y:y + 16, x:x + 16, channel] = 230
+    return frames
+
+
+def test_int8_model_agrees_with_float_and_keeps_the_contract(tmp_path):
+    float_path = colour_model(tmp_path / 'float.onnx')
+    int8_path = tmp_path / 'int8.onnx'
+    agreement = quantize(float_path, int8_path, _frames(16), _frames(8, seed=1))
+    assert agreement >= 0.99
+    model = onnx.load(int8_path)
+    ops = {node.op_type for node in model.graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta['followme.classes'] == 'background,others,hero'
+    assert meta['followme.input_size'] == '64,64'
+    assert meta['followme.quantized'].startswith('int8')
+    assert float(meta['followme.float_agreement']) == pytest.approx(agreement, abs=1e-6)
+    # A standard graph: no ORT CPU-layout (NCHWc) operators baked in.
+    assert all(node.domain in ('', 'ai.onnx') for node in model.graph.node)
+    ort.InferenceSession(str(int8_path), providers=['CPUExecutionProvider'])
+    frames = _frames(4, seed=2)
+    assert class_agreement(OnnxPredictor(float_path), OnnxPredictor(int8_path),
+                           frames) == pytest.approx(
+        np.mean(np.argmax(OnnxPredictor(float_path)(frames), -1)
+                == np.argmax(OnnxPredictor(int8_path)(frames), -1)))
+
+
+def test_refuses_to_write_a_model_below_the_agreement_floor(tmp_path):
+    float_path = colour_model(tmp_path / 'float.onnx')
+    # Calibrated on flat grey frames only, the int8 ranges cannot tell the colours apart.
+    grey = np.full((8, 64, 64, 3), 128, np.uint8)
+    with pytest.raises(QuantizationError, match='not written'):
+        quantize(float_path, tmp_path / 'int8.onnx', grey, _frames(8, seed=1))
+    assert not (tmp_path / 'int8.onnx').exists()
+
+
+def test_card_section_is_replaced_not_repeated(tmp_path):
+    card = tmp_path / 'CARD.md'
+    card.write_text('# Model card\n\nfloat figures\n')
+    timing = {'median_ms': 6.5, 'p90_ms': 7.0, 'load_average_1min': 0.3}
+    report = {'final_score': 0.4, 'final_iou': 0.52, 'weight': 0.76}
+    for fast in (3.3, 3.1):
+        write_card_section(card, report, report, timing, dict(timing, median_ms=fast), 0.995,
+                           'int8.onnx')
+    text = card.read_text()
+    assert text.startswith('# Model card\n\nfloat figures\n')
+    assert text.count('## The int8 model') == 1 and '3.10' in text and '3.30' not in text

@@ -1,0 +1,224 @@
+"""
+Quantize an exported float model to int8 with ONNX Runtime, checked against the float model.
+
+    python -m training.quantize --model models/followme_fcn.onnx \
+        --output models/followme_fcn_int8.onnx --card models/MODEL_CARD.md
+
+Static quantization (QDQ format, int8 weights per channel, uint8 activations), calibrated on
+real training frames. The file keeps the float model's contract metadata, so the perception
+node reads it the same way. Before writing anything it checks, on real frames, that the int8
+model picks the same class as the float model for nearly every pixel (--min-agreement) and,
+when the evaluation sets are there, that the classic score drops by at most --max-score-drop.
+On a CPU the int8 model runs about twice as fast; the float model stays the reference for
+GPUs and for parity with Keras. No TensorFlow here.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+import tempfile
+
+from followme_common import scoring
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CARD_START = '<!-- int8 section: written by python -m training.quantize -->'
+CARD_END = '<!-- end of int8 section -->'
+
+
+class QuantizationError(RuntimeError):
+    """The int8 model does not agree with the float model closely enough."""
+
+
+def _calibration_reader(input_name, batches):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Frames()
+
+
+def quantize(float_path, output, calibration_images, agreement_images, min_agreement=0.99):
+    """Write the int8 model of `float_path` to `output`; return the pixel agreement."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, quantize_static, QuantType
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from training.evaluate import OnnxPredictor
+    float_model = OnnxPredictor(float_path)
+    to_input = _input_fn(float_model)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, draft = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
+        # Shape inference only: ORT's graph optimizations would bake this CPU's layout
+        # (NCHWc) into the file, and ORT applies them at load time anyway.
+        quant_pre_process(os.fspath(float_path), os.fspath(prepared), skip_optimization=True,
+                          skip_symbolic_shape=True)
+        batches = [to_input(image[None]) for image in calibration_images]
+        quantize_static(os.fspath(prepared), os.fspath(draft),
+                        _calibration_reader(float_model.input_name, batches),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        proto = onnx.load(os.fspath(draft))
+        int8_model = OnnxPredictor(draft)
+        agreement = class_agreement(float_model, int8_model, agreement_images)
+        if agreement < min_agreement:
+            raise QuantizationError(
+                "the int8 model picks the float model's class for "
+                f'{agreement:.2%} of pixels '
+                f'on {len(agreement_images)} real frames (minimum {min_agreement:.2%}); not '
+                'written. Calibrate on more or more typical frames (--calibration-frames)')
+    metadata = {p.key: p.value for p in onnx.load(os.fspath(float_path)).metadata_props}
+    metadata.update({'followme.quantized': 'int8 QDQ, per-channel weights, uint8 activations',
+                     'followme.float_model': Path(float_path).name,
+                     'followme.float_agreement': f'{agreement:.6f}'})
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, os.fspath(output))
+    return agreement
+
+
+def _input_fn(predictor):
+    scale, offset = np.float32(predictor.scale), np.float32(predictor.offset)
+    return lambda images: images.astype(np.float32) * scale + offset
+
+
+def class_agreement(reference, candidate, images, batch_size=32) -> float:
+    """Share of pixels where both models pick the same class."""
+    same = total = 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        want = np.argmax(reference(batch), axis=-1)
+        got = np.argmax(candidate(batch), axis=-1)
+        same += int(np.count_nonzero(want == got))
+        total += want.size
+    return same / total if total else 1.0
+
+
+def write_card_section(card, float_report, int8_report, float_timing, int8_timing,
+                       agreement, output):
+    """Put (or replace) the int8 section at the end of the model card."""
+    lines = [
+        CARD_START, '', f'## The int8 model: {Path(output).name}', '',
+        'Made from the float model by `python -m training.quantize` (ONNX Runtime static '
+        'quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on training '
+        'frames). The perception node uses it by default on the CPU; use the float model on '
+        'a GPU.', '',
+        '| | float | int8 |', '|---|---|---|',
+    ]
+    if float_report and int8_report:
+        lines.append(f"| final score | {float_report['final_score']:.4f} | "
+                     f"{int8_report['final_score']:.4f} |")
+        lines.append(f"| final IoU / weight | {float_report['final_iou']:.4f} / "
+                     f"{float_report['weight']:.4f} | {int8_report['final_iou']:.4f} / "
+                     f"{int8_report['weight']:.4f} |")
+    lines.append('| ONNX Runtime ms per frame, median (p90), same run | '
+                 f"{float_timing['median_ms']:.2f} ({float_timing['p90_ms']:.2f}) | "
+                 f"{int8_timing['median_ms']:.2f} ({int8_timing['p90_ms']:.2f}) |")
+    lines += ['', "Pixels where int8 picks the float model's class (validation frames): "
+                  f'{agreement:.2%}. Load average while timing: '
+                  f"{int8_timing['load_average_1min']:.1f} on 2 cores.", '', CARD_END, '']
+    section = '\n'.join(lines)
+    path = Path(card)
+    text = path.read_text() if path.is_file() else ''
+    if CARD_START in text:
+        before = text[:text.index(CARD_START)]
+        after = text[text.index(CARD_END) + len(CARD_END):].lstrip('\n') if CARD_END in text \
+            else ''
+        text = before + section + after
+    else:
+        text = text.rstrip('\n') + '\n\n' + section
+    path.write_text(text)
+
+
+def main(argv=None):
+    from training.data import DataError, DEFAULT_DATA_ROOT, find_all_pairs, materialize
+    from training.evaluate import evaluate, format_report, OnnxPredictor
+    from training.export import ms_per_frame
+    parser = argparse.ArgumentParser(
+        description='Quantize an exported float ONNX model to int8 (ONNX Runtime static '
+                    'quantization), check it against the float model, score and time both.')
+    parser.add_argument('--model', default=str(REPO / 'models' / 'followme_fcn.onnx'),
+                        help='float ONNX model from training.export (default: %(default)s)')
+    parser.add_argument('--output', default=str(REPO / 'models' / 'followme_fcn_int8.onnx'),
+                        help='int8 ONNX file to write (default: %(default)s)')
+    parser.add_argument('--calibration-data', nargs='+',
+                        default=[str(DEFAULT_DATA_ROOT / 'train')],
+                        help='classic-layout folders to calibrate on (default: %(default)s)')
+    parser.add_argument('--calibration-frames', type=int, default=200,
+                        help='frames, evenly spread over the folders (default: %(default)s)')
+    parser.add_argument('--agreement-data', default=str(DEFAULT_DATA_ROOT / 'validation'),
+                        help='frames to compare the two models on (default: %(default)s)')
+    parser.add_argument('--min-agreement', type=float, default=0.99,
+                        help='least share of pixels with the same class (default: %(default)s)')
+    parser.add_argument('--eval-data', default=str(DEFAULT_DATA_ROOT / 'sample_evaluation_data'),
+                        help='evaluation sets; skipped when absent (default: %(default)s)')
+    parser.add_argument('--max-score-drop', type=float, default=0.01,
+                        help='largest final-score loss allowed (default: %(default)s)')
+    parser.add_argument('--card', help='also write the int8 section of this model card')
+    args = parser.parse_args(argv)
+    try:
+        float_model = OnnxPredictor(args.model)
+        size = float_model.input_size
+        pairs = find_all_pairs(args.calibration_data)
+        step = max(1, len(pairs) // args.calibration_frames)
+        calibration = materialize(pairs[::step][:args.calibration_frames], size,
+                                  'calibration frames').images
+        agreement_pairs = find_all_pairs([args.agreement_data])
+        agreement_images = materialize(agreement_pairs[::max(1, len(agreement_pairs) // 200)],
+                                       size, 'agreement frames').images
+        output = Path(args.output)
+        with tempfile.TemporaryDirectory() as tmp:
+            draft = Path(tmp) / output.name
+            agreement = quantize(args.model, draft, calibration, agreement_images,
+                                 args.min_agreement)
+            print(f'int8 picks the float class for {agreement:.2%} of pixels')
+            float_report = int8_report = None
+            if all((Path(args.eval_data) / name).is_dir() for name in scoring.EVAL_SETS):
+                float_report = evaluate(float_model, args.eval_data)
+                int8_report = evaluate(OnnxPredictor(draft), args.eval_data)
+                drop = float_report['final_score'] - int8_report['final_score']
+                if drop > args.max_score_drop:
+                    raise QuantizationError(
+                        f'int8 scores {int8_report["final_score"]:.4f} against the float '
+                        f'model\'s {float_report["final_score"]:.4f} (drop {drop:.4f} > '
+                        f'{args.max_score_drop}); not written')
+                print(format_report(int8_report))
+                _store_score(draft, int8_report)
+            else:
+                print(f'no evaluation sets in {args.eval_data}: score not checked')
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_bytes(draft.read_bytes())
+    except (DataError, FileNotFoundError, ValueError, QuantizationError) as err:
+        parser.exit(2, f'error: {err}\n')
+    float_timing = ms_per_frame(args.model, size)
+    int8_timing = ms_per_frame(output, size)
+    print(f"ONNX Runtime ms per frame, median: float {float_timing['median_ms']:.2f}, int8 "
+          f"{int8_timing['median_ms']:.2f}; written {output}")
+    if args.card:
+        write_card_section(args.card, float_report, int8_report, float_timing, int8_timing,
+                           agreement, output)
+
+
+def _store_score(path, report):
+    import onnx
+
+    from training.export import short_score
+    proto = onnx.load(os.fspath(path))
+    for entry in proto.metadata_props:
+        if entry.key == 'followme.score':
+            entry.value = json.dumps(short_score(report))
+    onnx.save(proto, os.fspath(path))
+
+
+if __name__ == '__main__':
+    main()
