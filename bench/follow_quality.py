@@ -42,8 +42,10 @@ def run_scenario(name, folder, model):
            str(folder), '--set', f'sim_node.scenario:={name}', '--log-level', 'warn']
     if model is not None:
         cmd += ['--model', str(model)]
+    summary = folder / 'summary.json'
+    summary.unlink(missing_ok=True)  # never report an earlier run's figures
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((folder / 'summary.json').read_text())
+    return json.loads(summary.read_text())
 
 
 def cell(metrics, key, fmt):
