@@ -15,6 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
 from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
                                         image_to_rgb, ImageConversionError)
+from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import HeroLocator, Intrinsics
@@ -82,6 +83,9 @@ class PerceptionNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('perception_node', **kwargs)
+        # Frame-sized temporaries without page faults (see followme_common/memory.py).
+        if not keep_large_buffers():
+            self.get_logger().info('malloc tuning unavailable (not glibc): frames cost more')
         self._lock = threading.Lock()  # guards the newest frame/depth/intrinsics and counters
         self.add_on_set_parameters_callback(self._check_parameters)
         for name, (default, descriptor) in PARAMETERS.items():

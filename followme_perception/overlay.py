@@ -13,7 +13,14 @@ TINTS[2, 0] = (0, 0, 255)
 
 def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend each person pixel with its class colour; background pixels stay as they are."""
-    colours = cv2.LUT(cv2.merge([class_ids, class_ids, class_ids]), TINTS)
-    blended = cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0)
-    cv2.copyTo(rgb, cv2.compare(class_ids, 0, cv2.CMP_EQ), blended)
-    return blended
+    out = rgb.copy()
+    # Blend only inside the box around all people: usually a small part of the frame.
+    x, y, w, h = cv2.boundingRect(class_ids)
+    if w == 0 or h == 0:
+        return out
+    ids, frame = class_ids[y:y + h, x:x + w], rgb[y:y + h, x:x + w]
+    colours = cv2.LUT(cv2.merge([ids, ids, ids]), TINTS)
+    blended = cv2.addWeighted(frame, 1.0 - alpha, colours, alpha, 0.0)
+    cv2.copyTo(frame, cv2.compare(ids, 0, cv2.CMP_EQ), blended)
+    out[y:y + h, x:x + w] = blended
+    return out

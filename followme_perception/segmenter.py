@@ -133,9 +133,8 @@ class Segmenter:
         self._channel_to_id = np.array([CLASS_IDS[c] for c in self.info.classes], np.uint8)
         self._hero_channel = self.info.classes.index('hero')
         self._identity_order = bool(np.all(self._channel_to_id == np.arange(3)))
-        # uint8 -> normalised float32 in one table lookup.
-        self._lut = (np.arange(256, dtype=np.float32) * np.float32(self.info.scale)
-                     + np.float32(self.info.offset))
+        self._scale = np.float32(self.info.scale)
+        self._offset = np.float32(self.info.offset)
         self._warm_up(warmup_runs)
 
     @property
@@ -152,7 +151,11 @@ class Segmenter:
         height, width = self.input_size
         if rgb.shape[:2] != (height, width):
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-        return self._lut[rgb][None]
+        # In place, float32 throughout: several times faster than a 256-entry table lookup.
+        pixels = rgb.astype(np.float32)[None]
+        pixels *= self._scale
+        pixels += self._offset
+        return pixels
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(1, h, w, 3) network input -> (h, w, C) probabilities, channels in model order."""

@@ -22,6 +22,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import paths
 from followme_common.image_msgs import fill_image, image_to_array, ImageConversionError
+from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_perception.detection import HeroDetection
 from followme_sim import drone as drone_model
@@ -119,6 +120,7 @@ class SimNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__('sim_node', **kwargs)
+        keep_large_buffers()  # rendered frames and their messages (followme_common/memory.py)
         self.add_on_set_parameters_callback(self._check_parameters)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)

@@ -228,6 +228,20 @@ def test_overlay_tints_people_and_keeps_background():
     assert not np.array_equal(out[ids == 2], rgb[ids == 2])
 
 
+@pytest.mark.parametrize('alpha', [0.0, 0.35, 1.0])
+def test_overlay_is_the_alpha_blend_of_each_person_pixel(alpha):
+    rgb = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ids = np.zeros((48, 64), np.uint8)
+    ids[5:9, 50:60], ids[30:47, 3:7] = 2, 1          # far apart: one box around both
+    colour = np.array([[0, 0, 0], [0, 255, 0], [0, 0, 255]], np.float64)[ids]
+    want = np.where(ids[..., None] > 0, rgb * (1.0 - alpha) + colour * alpha, rgb)
+    out = tint(rgb, ids, alpha)
+    assert np.abs(out.astype(np.float64) - want).max() <= 1.0   # OpenCV rounds
+    np.testing.assert_array_equal(out[ids == 0], rgb[ids == 0])
+    empty = np.zeros_like(ids)
+    np.testing.assert_array_equal(tint(rgb, empty, alpha), rgb)
+
+
 def test_detection_round_trip_and_layout():
     detection = HeroDetection(stamp_sec=1_700_000_000, stamp_nanosec=999_999_999, present=1,
                               cx=10.5, cy=4.0, range_m=3.25, range_source=RangeSource.SIZE,
