@@ -191,8 +191,13 @@ def bench_throughput(rig, rate, seconds):
     }
 
 
-def bench_classic(keras_model, onnx_path, count):
-    """Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames."""
+def bench_classic(keras_model, onnx_path, count, node_model=None):
+    """
+    Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames.
+
+    node_model: the node's own ONNX file (the shipped int8 model, say), timed on the same
+    frames in the same run.
+    """
     import onnxruntime as ort
     from tqdm import tqdm
     height, width = keras_model.input_shape[1:3]
@@ -201,10 +206,14 @@ def bench_classic(keras_model, onnx_path, count):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     single = ort.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+    runs = [('keras_predict', lambda b: keras_model.predict(b, verbose=0)),
+            ('onnxruntime', lambda b: session.run(None, {'image': b})),
+            ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}))]
+    if node_model is not None:
+        node_session = ort.InferenceSession(str(node_model), providers=['CPUExecutionProvider'])
+        runs.append(('node_model', lambda b: node_session.run(None, {'image': b})))
     results = {}
-    for name, run in (('keras_predict', lambda b: keras_model.predict(b, verbose=0)),
-                      ('onnxruntime', lambda b: session.run(None, {'image': b})),
-                      ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}))):
+    for name, run in runs:
         run(batches[0])  # warm up
         times = []
         for batch in tqdm(batches, desc=name, unit='frame'):
@@ -237,8 +246,8 @@ def main(argv=None):
             rig.close()
         finally:
             rclpy.try_shutdown()
-        classic = None if args.skip_classic else bench_classic(keras_model, exported,
-                                                               args.classic_frames)
+        classic = None if args.skip_classic else bench_classic(
+            keras_model, exported, args.classic_frames, args.model)
     report(stages, throughput, classic)
 
 
@@ -263,6 +272,11 @@ def report(stages, throughput, classic):
               f'the whole node at 640x480 {total_640:.1f} ms '
               f'(x{keras_ms / total_640:.1f} against Keras predict alone); outputs differ by '
               f"at most {classic['max_abs_difference']:.1e}")
+        if 'node_model' in classic:
+            node_ms = classic['node_model']
+            total_256 = sum(stages['256x256'].values())
+            print(f"the node's model alone {node_ms:.1f} ms (x{keras_ms / node_ms:.1f}); the "
+                  f'whole node at 256x256 {total_256:.1f} ms (x{keras_ms / total_256:.1f})')
 
 
 if __name__ == '__main__':

@@ -145,7 +145,7 @@ class SimNode(Node):
         self._cmd_count = 0          # cmd_vel messages received, valid or not
         self._last_tick = None       # sim time of the last controller tick crossed
         self._command_delays = []    # sim s from a controller tick to the cmd_vel that followed
-        self._wall_start = None
+        self._wall_start = self._wall_end = None  # the stepping thread's run, wall clock
         self._video = []             # (frame index, rgb, true classes) every `_video_stride`
         self._video_stride = max(1, math.ceil(
             self.scenario.duration * self.settings.camera_rate / p('video_max_frames')))
@@ -169,7 +169,13 @@ class SimNode(Node):
 
         # Wall-clock timers: with use_sim_time, a sim-time timer would wait for our own clock.
         wall = Clock(clock_type=ClockType.STEADY_TIME)
-        self._tick_timer = self.create_timer(self._tick_period(), self._tick, clock=wall)
+        # The simulation runs on its own thread, started once the executor spins (so every
+        # node of the process exists by then). It blocks on _wakeup while the lockstep waits,
+        # instead of a fast timer polling through the executor.
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._stepper = threading.Thread(target=self._run, name='sim_node stepper', daemon=True)
+        self._start_timer = self.create_timer(0.01, self._start_stepping, clock=wall)
         self.create_timer(p('diagnostics_period'), self._publish_diagnostics, clock=wall)
         self.get_logger().info(
             f"scenario '{self.scenario.name}' (seed {self.scenario.seed}): "
@@ -207,7 +213,7 @@ class SimNode(Node):
             'follow_distance_m': follow_distance,
             'our_loop': ours, 'reference': ref_metrics, 'ratio_to_reference': ratios,
             'loop_saw_detections': any(f[3] is not None for f in log.frames),
-            'wall_s': round(time.monotonic() - self._wall_start, 2) if self._wall_start else None,
+            'wall_s': round(self._wall_end - self._wall_start, 2) if self._wall_end else None,
             'lockstep_timeouts': self._counts['lockstep_timeouts'],
             'perception_wait_ms_mean': round(1000 * float(np.mean(self._loop_waits)), 1)
             if self._loop_waits else None,
@@ -235,39 +241,83 @@ class SimNode(Node):
                                  self._param('follow_distance'), progress=show)
 
     def destroy_node(self):
+        self._stop.set()
+        self._wakeup.set()
+        if self._stepper.is_alive():
+            self._stepper.join(timeout=5.0)
         self.sim.close()  # the renderer's GL context lives on the world's own thread
         super().destroy_node()
 
     # The simulation loop -----------------------------------------------------------------------
 
-    def _tick_period(self):
-        rtf = self._param('real_time_factor')
-        return self.settings.physics_dt / rtf if rtf > 0 else 0.002
+    def _start_stepping(self):
+        self._start_timer.cancel()
+        if not self._stepper.is_alive() and not self.done.is_set():
+            self._stepper.start()
 
-    def _tick(self):
-        """One physics step (or a wait for the loop), and a camera frame when one is due."""
-        if self.done.is_set():
+    def _run(self):
+        """Step the simulation; sleep while the loop has not answered or the pace says so."""
+        self._wall_start = time.monotonic()
+        next_step = self._wall_start
+        try:
+            while not self._stop.is_set() and not self.done.is_set():
+                with self._lock:
+                    wait = self._wait_left()
+                    if wait is None:
+                        self._step()
+                        period = self._min_step_period()
+                if wait is not None:
+                    self._wakeup.wait(wait)
+                    self._wakeup.clear()
+                    next_step = time.monotonic()
+                    continue
+                next_step = max(next_step + period, time.monotonic() - period)
+                pause = next_step - time.monotonic()
+                if pause > 0:
+                    self._stop.wait(pause)
+        except Exception as error:  # a shut-down context, say: stop the job, do not hang it
+            if not self._stop.is_set():
+                self.get_logger().error(f'simulation stopped: {error!r}')
+            self.done.set()
+
+    def _min_step_period(self):
+        """Wall s per physics step at least: the real-time cap, or a floor when unpaced."""
+        rtf = self._param('real_time_factor')
+        if rtf > 0:
+            return self.settings.physics_dt / rtf
+        waits_for_loop = self._param('lockstep') and (
+            'hero_detection' not in self._silent
+            or (self._command_lockstep and 'cmd_vel' not in self._silent
+                and self._param('lockstep_control_rate') > 0))
+        # In lockstep the loop paces the simulation; without it, 2 ms per 20 ms step (10x
+        # real time) leaves a controller on the other end time to act.
+        return 0.0 if waits_for_loop else 0.002
+
+    def _step(self):
+        """One physics step, and a camera frame when one is due (call with the lock held)."""
+        sim = self.sim
+        if sim.frames_captured and sim.finished:
+            self._finish()
             return
-        if self._wall_start is None:
-            self._wall_start = time.monotonic()
-        with self._lock:
-            if self._waiting():
-                return
-            sim = self.sim
-            if sim.frames_captured and sim.finished:
-                self._finish()
-                return
-            frame_time = sim.next_frame_time()
-            before = sim.time
-            sim.advance(min(sim.time + self.settings.physics_dt, frame_time))
-            self._pub_clock.publish(ClockMsg(clock=to_stamp(sim.time)))
-            if self._crossed_control_tick(before, sim.time):
-                self._last_tick = sim.time
-                if self._param('lockstep') and self._command_lockstep and \
-                        'cmd_vel' not in self._silent:
-                    self._awaiting_command = (self._cmd_count, time.monotonic())
-            if sim.time >= frame_time - 1e-9:
-                self._publish_frame(sim.capture())
+        frame_time = sim.next_frame_time()
+        before = sim.time
+        sim.advance(min(sim.time + self.settings.physics_dt, frame_time))
+        self._pub_clock.publish(ClockMsg(clock=to_stamp(sim.time)))
+        if self._crossed_control_tick(before, sim.time):
+            self._last_tick = sim.time
+            if self._param('lockstep') and self._command_lockstep and \
+                    'cmd_vel' not in self._silent:
+                self._awaiting_command = (self._cmd_count, time.monotonic())
+        if sim.time >= frame_time - 1e-9:
+            self._publish_frame(sim.capture())
+
+    def _wait_left(self):
+        """Wall s the lockstep still waits for the loop, or None to step (lock held)."""
+        if not self._waiting():
+            return None
+        timeout = self._param('lockstep_timeout')
+        since = [w[1] for w in (self._awaiting, self._awaiting_command) if w is not None]
+        return max(0.0, min(since) + timeout - time.monotonic()) if since else 0.0
 
     def _waiting(self):
         """Whether the lockstep still waits for the loop (call with the lock held)."""
@@ -318,7 +368,7 @@ class SimNode(Node):
 
     def _finish(self):
         self.get_logger().info(f'scenario finished at t = {self.sim.time:.1f} s')
-        self._tick_timer.cancel()
+        self._wall_end = time.monotonic()
         self.done.set()
 
     def _publish_frame(self, capture):
@@ -389,6 +439,7 @@ class SimNode(Node):
         values = (msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.z)
         with self._lock:
             self._cmd_count += 1
+            self._wakeup.set()
             self._silent.discard('cmd_vel')
             if self._last_tick is not None:
                 self._command_delays.append(self.sim.time - self._last_tick)
@@ -417,6 +468,7 @@ class SimNode(Node):
         index = self._frame_index(detection.stamp)
         with self._lock:
             self._silent.discard('hero_detection')
+            self._wakeup.set()
             self.sim.mark_seen(index, detection.present)
             if self._awaiting is not None and self._awaiting[0] == index:
                 self._loop_waits.append(time.monotonic() - self._awaiting[1])
