@@ -79,6 +79,36 @@ def frames(height, width, count, seed=0):
     return [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(count)]
 
 
+VIEWER = """
+import sys
+import rclpy
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node('bench_viewer', namespace='/bench')
+for topic in sys.argv[1:]:
+    node.create_subscription(Image, topic, lambda _msg: None, 1)
+try:
+    rclpy.spin(node)
+except BaseException:
+    pass
+"""
+
+
+class Viewer:
+    """A separate process subscribed to image topics, standing in for rviz."""
+
+    def __init__(self, topics):
+        import subprocess
+        self.process = subprocess.Popen([sys.executable, '-c', VIEWER, *topics])
+
+    def close(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10.0)
+        except Exception:
+            self.process.kill()
+
+
 class Rig:
     """A perception node and a probe node on one executor spinning in a thread."""
 
@@ -99,10 +129,9 @@ class Rig:
         self.arrivals = {}   # image stamp (ns) -> wall time the detection arrived
         self.probe.create_subscription(Float64MultiArray, 'hero_detection', self._on_detection,
                                        100)
-        # Listen to the images too, so the node really fills and publishes them.
-        self.image_subs = {topic: self.probe.create_subscription(Image, topic,
-                                                                 lambda _msg: None, 1)
-                           for topic in ('mask', 'mask_overlay')}
+        # Listen to the images too, so the node really fills and publishes them: from another
+        # process, as rviz would, so their deserialisation does not load the node's process.
+        self.viewer = Viewer(('mask', 'mask_overlay'))
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
@@ -113,13 +142,18 @@ class Rig:
                 self.node._pub_overlay.get_subscription_count()
                 and self.pub.get_subscription_count()):
             time.sleep(0.05)
+        time.sleep(1.0)  # let the viewer finish starting before timing
 
     def stop_overlay(self):
         """Unsubscribe from mask_overlay: the node then skips it, as when rviz is closed."""
-        self.probe.destroy_subscription(self.image_subs.pop('mask_overlay'))
+        self.viewer.close()
+        self.viewer = Viewer(('mask',))
         deadline = time.monotonic() + 10.0
+        while not self.node._pub_mask.get_subscription_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
         while self.node._pub_overlay.get_subscription_count() and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(1.0)  # let the new viewer finish starting before timing
 
     def _on_detection(self, msg):
         self.arrivals[int(msg.data[0]) * 10**9 + int(msg.data[1])] = time.time()
@@ -132,6 +166,7 @@ class Rig:
         return now
 
     def close(self):
+        self.viewer.close()
         self.executor.shutdown()
         self.node.destroy_node()
         self.probe.destroy_node()
