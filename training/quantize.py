@@ -126,7 +126,9 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
                  f"{int8_timing['median_ms']:.2f} ({int8_timing['p90_ms']:.2f}) |")
     lines += ['', "Pixels where int8 picks the float model's class (validation frames): "
                   f'{agreement:.2%}. Load average while timing: '
-                  f"{int8_timing['load_average_1min']:.1f} on 2 cores.", '', CARD_END, '']
+                  f"{int8_timing['load_average_1min']:.1f} on 2 cores.", '',
+              'Reproduce the int8 score: `python -m training.evaluate --model '
+              f'models/{Path(output).name}`.', '', CARD_END, '']
     section = '\n'.join(lines)
     path = Path(card)
     text = path.read_text() if path.is_file() else ''
