@@ -53,7 +53,9 @@ def main(argv=None):
     sim_time = [Parameter('use_sim_time', value=True)]
     sim = SimNode(parameter_overrides=sim_time + [
         Parameter('scenario', value=args.scenario), Parameter('seed', value=args.seed),
-        Parameter('camera_rate', value=args.rate), Parameter('lockstep', value=not args.truth),
+        Parameter('camera_rate', value=args.rate),
+        # Truth-driven, no detection comes: one timeout, then it waits for cmd_vel only.
+        Parameter('lockstep_timeout', value=1.0),
         Parameter('run_reference', value=False)])
     nodes = [sim]
     control_args = ['--ros-args', '-r', 'hero_pose:=true_hero_pose'] if args.truth else []
@@ -68,7 +70,9 @@ def main(argv=None):
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     start = time.monotonic()
-    sim.done.wait()
+    while not sim.done.wait(0.2):
+        if not rclpy.ok():  # SIGTERM / Ctrl-C: rclpy shut the context down
+            sys.exit('bench_sim_loop: interrupted')
     wall = time.monotonic() - start
     duration = sim.progress()[1]
     summary = sim.write_outputs(REPO / 'runs' / 'bench_sim_loop')

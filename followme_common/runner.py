@@ -106,6 +106,7 @@ def run(args) -> int:
         finite = [n for n in nodes if hasattr(n, 'done')]
         spin_thread = threading.Thread(target=executor.spin, daemon=True)
         spin_thread.start()
+        print('followme-run: running (Ctrl-C to stop)', flush=True)
         if not _wait(finite, rclpy.ok, show_progress=not args.no_progress):
             print('\nfollowme-run: shut down by a signal before the scenario finished')
             return 1

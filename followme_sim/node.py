@@ -169,13 +169,15 @@ class SimNode(Node):
 
         # Wall-clock timers: with use_sim_time, a sim-time timer would wait for our own clock.
         wall = Clock(clock_type=ClockType.STEADY_TIME)
-        # The simulation runs on its own thread, started once the executor spins (so every
-        # node of the process exists by then). It blocks on _wakeup while the lockstep waits,
-        # instead of a fast timer polling through the executor.
-        self._wakeup = threading.Event()
-        self._stop = threading.Event()
-        self._stepper = threading.Thread(target=self._run, name='sim_node stepper', daemon=True)
-        self._start_timer = self.create_timer(0.01, self._start_stepping, clock=wall)
+        # The simulation advances in executor callbacks: at once when an input the lockstep
+        # waits for arrives (a guard condition the cmd_vel and hero_detection callbacks
+        # trigger), else on a wall timer (the pace, or a lockstep-timeout check while it
+        # waits). Nothing polls at a high rate, and no thread of our own fights the executor
+        # for the GIL.
+        self._wall_clock = wall
+        self._resume = self.create_guard_condition(self._advance)
+        self._timer_period = self._advance_period()
+        self._advance_timer = self.create_timer(self._timer_period, self._advance, clock=wall)
         self.create_timer(p('diagnostics_period'), self._publish_diagnostics, clock=wall)
         self.get_logger().info(
             f"scenario '{self.scenario.name}' (seed {self.scenario.seed}): "
@@ -241,44 +243,33 @@ class SimNode(Node):
                                  self._param('follow_distance'), progress=show)
 
     def destroy_node(self):
-        self._stop.set()
-        self._wakeup.set()
-        if self._stepper.is_alive():
-            self._stepper.join(timeout=5.0)
         self.sim.close()  # the renderer's GL context lives on the world's own thread
         super().destroy_node()
 
     # The simulation loop -----------------------------------------------------------------------
 
-    def _start_stepping(self):
-        self._start_timer.cancel()
-        if not self._stepper.is_alive() and not self.done.is_set():
-            self._stepper.start()
+    def _advance(self):
+        """Step until the lockstep has to wait for the loop (one step when paced)."""
+        if self.done.is_set():
+            return
+        if self._wall_start is None:
+            self._wall_start = time.monotonic()
+        with self._lock:
+            paced = self._min_step_period() > 0
+            while not self.done.is_set() and not self._waiting():
+                self._step()
+                if paced:
+                    break
+            period = self._advance_period()
+        if period != self._timer_period and not self.done.is_set():
+            self.destroy_timer(self._advance_timer)
+            self._timer_period = period
+            self._advance_timer = self.create_timer(period, self._advance,
+                                                    clock=self._wall_clock)
 
-    def _run(self):
-        """Step the simulation; sleep while the loop has not answered or the pace says so."""
-        self._wall_start = time.monotonic()
-        next_step = self._wall_start
-        try:
-            while not self._stop.is_set() and not self.done.is_set():
-                with self._lock:
-                    wait = self._wait_left()
-                    if wait is None:
-                        self._step()
-                        period = self._min_step_period()
-                if wait is not None:
-                    self._wakeup.wait(wait)
-                    self._wakeup.clear()
-                    next_step = time.monotonic()
-                    continue
-                next_step = max(next_step + period, time.monotonic() - period)
-                pause = next_step - time.monotonic()
-                if pause > 0:
-                    self._stop.wait(pause)
-        except Exception as error:  # a shut-down context, say: stop the job, do not hang it
-            if not self._stop.is_set():
-                self.get_logger().error(f'simulation stopped: {error!r}')
-            self.done.set()
+    def _advance_period(self):
+        """Wall s between timer calls: the pace, or how often to check the lockstep timeout."""
+        return self._min_step_period() or 0.05
 
     def _min_step_period(self):
         """Wall s per physics step at least: the real-time cap, or a floor when unpaced."""
@@ -310,14 +301,6 @@ class SimNode(Node):
                 self._awaiting_command = (self._cmd_count, time.monotonic())
         if sim.time >= frame_time - 1e-9:
             self._publish_frame(sim.capture())
-
-    def _wait_left(self):
-        """Wall s the lockstep still waits for the loop, or None to step (lock held)."""
-        if not self._waiting():
-            return None
-        timeout = self._param('lockstep_timeout')
-        since = [w[1] for w in (self._awaiting, self._awaiting_command) if w is not None]
-        return max(0.0, min(since) + timeout - time.monotonic()) if since else 0.0
 
     def _waiting(self):
         """Whether the lockstep still waits for the loop (call with the lock held)."""
@@ -369,6 +352,7 @@ class SimNode(Node):
     def _finish(self):
         self.get_logger().info(f'scenario finished at t = {self.sim.time:.1f} s')
         self._wall_end = time.monotonic()
+        self._advance_timer.cancel()
         self.done.set()
 
     def _publish_frame(self, capture):
@@ -439,7 +423,7 @@ class SimNode(Node):
         values = (msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.z)
         with self._lock:
             self._cmd_count += 1
-            self._wakeup.set()
+            self._resume.trigger()
             self._silent.discard('cmd_vel')
             if self._last_tick is not None:
                 self._command_delays.append(self.sim.time - self._last_tick)
@@ -468,7 +452,7 @@ class SimNode(Node):
         index = self._frame_index(detection.stamp)
         with self._lock:
             self._silent.discard('hero_detection')
-            self._wakeup.set()
+            self._resume.trigger()
             self.sim.mark_seen(index, detection.present)
             if self._awaiting is not None and self._awaiting[0] == index:
                 self._loop_waits.append(time.monotonic() - self._awaiting[1])

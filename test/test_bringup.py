@@ -97,7 +97,7 @@ def test_runner_stops_on_sigterm():
         lines = []
         while time.monotonic() < deadline:
             lines.append(process.stdout.readline())
-            if 'following at' in lines[-1]:  # the last node to start logs this
+            if 'followme-run: running' in lines[-1]:  # printed once the executor spins
                 break
         else:
             raise AssertionError('runner did not start: ' + ''.join(lines))
