@@ -84,8 +84,8 @@ def main(argv=None):
                         help='training subset size (default: %(default)s)')
     parser.add_argument('--val-frames', type=int, default=300,
                         help='validation subset size (default: %(default)s)')
-    parser.add_argument('--epochs', type=int, default=4, help='per trial (default: %(default)s)')
-    parser.add_argument('--steps-per-epoch', type=int, default=40,
+    parser.add_argument('--epochs', type=int, default=8, help='per trial (default: %(default)s)')
+    parser.add_argument('--steps-per-epoch', type=int, default=100,
                         help='per trial (default: %(default)s)')
     parser.add_argument('--output', help='study folder (default: training_runs/search-<time>)')
     args = parser.parse_args(argv)
