@@ -114,7 +114,7 @@ class Rig:
 
     def __init__(self, model_path):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -132,7 +132,7 @@ class Rig:
         # Listen to the images too, so the node really fills and publishes them: from another
         # process, as rviz would, so their deserialisation does not load the node's process.
         self.viewer = Viewer(('mask', 'mask_overlay'))
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor = SingleThreadedExecutor()  # as rclpy.spin() in the node's own main
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -273,6 +273,7 @@ def main(argv=None):
         try:
             rig = Rig(model_path)
             print(f'providers: {", ".join(rig.node.segmenter.providers)}')
+            bench_stages(rig, (256, 256), 20)  # warm-up: first frames through DDS, caches
             stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames)
                       for h, w in ((256, 256), (480, 640))}
             rig.stop_overlay()

@@ -42,7 +42,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from followme_control.node import ControlNode
@@ -64,7 +64,7 @@ def main(argv=None):
         from followme_perception.node import PerceptionNode
         nodes.append(PerceptionNode(parameter_overrides=sim_time + [
             Parameter('model_path', value=str(args.model))]))
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()  # as followme-run
     for node in nodes:
         executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

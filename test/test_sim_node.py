@@ -95,6 +95,27 @@ def test_lockstep_applies_each_command_at_its_controller_tick(executor, tmp_path
     assert sim.sim.log.commands['ok'] >= 4.0 * 20 - 2
 
 
+def test_lockstep_loop_gives_the_same_flight_twice(ros, tmp_path):
+    """Same scenario, same seed, real control node over DDS: the very same trajectory."""
+    from rclpy.executors import SingleThreadedExecutor
+    flights = []
+    for run in range(2):
+        executor = SingleThreadedExecutor()
+        sim = _sim(tmp_path, 3.0, lockstep=True, lockstep_timeout=0.5)
+        control = ControlNode(
+            cli_args=['--ros-args', '-r', 'hero_pose:=true_hero_pose'],
+            parameter_overrides=[Parameter('use_sim_time', value=True)])
+        for node in (sim, control):
+            executor.add_node(node)
+        assert spin_until(executor, sim.done.is_set, timeout=60.0)
+        flights.append([row[:4] for row in sim.sim.log.steps])  # t, x, y, z
+        for node in (sim, control):
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
+    assert len(flights[0]) == len(flights[1]) > 100
+    assert flights[0] == flights[1]
+
 def test_lockstep_without_a_loop_runs_on_after_one_timeout_per_input(executor, tmp_path):
     sim = _sim(tmp_path, 2.0, lockstep=True, lockstep_timeout=0.3)
     executor.add_node(sim)
