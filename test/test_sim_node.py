@@ -116,6 +116,7 @@ def test_lockstep_loop_gives_the_same_flight_twice(ros, tmp_path):
     assert len(flights[0]) == len(flights[1]) > 100
     assert flights[0] == flights[1]
 
+
 def test_lockstep_without_a_loop_runs_on_after_one_timeout_per_input(executor, tmp_path):
     sim = _sim(tmp_path, 2.0, lockstep=True, lockstep_timeout=0.3)
     executor.add_node(sim)
