@@ -21,9 +21,7 @@ from followme_perception.detection import HeroDetection, RangeSource
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray, String
@@ -344,30 +342,14 @@ def parse_args(argv):
 
 def main(args=None):
     parse_args(sys.argv if args is None else args)
-    # Jazzy's rclpy.init() returns None: `with rclpy.init():` needs a later rclpy.
-    rclpy.init(args=args)
-    try:
-        return _spin()
-    finally:
-        rclpy.try_shutdown()
+    return node_cli.run_node('control_node', ControlNode, (ValueError, ParameterException),
+                             args, hint=_parameter_hint)
 
 
-def _spin():
-    try:
-        node = ControlNode()
-    except (ValueError, ParameterException) as error:
-        hint = ''
-        if isinstance(error, InvalidParameterTypeException):
-            hint = ' (write floating-point values with a decimal point: 4.0, not 4)'
-        print(f'control_node: {error}{hint}', file=sys.stderr)
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-    return 0
+def _parameter_hint(error):
+    if isinstance(error, InvalidParameterTypeException):
+        return ' (write floating-point values with a decimal point: 4.0, not 4)'
+    return ''
 
 
 if __name__ == '__main__':

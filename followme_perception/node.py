@@ -25,8 +25,6 @@ from geometry_msgs.msg import Point, PoseStamped
 import numpy as np
 import onnxruntime as ort
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -416,22 +414,7 @@ def parse_args(argv):
 
 def main(args=None):
     parse_args(sys.argv if args is None else args)
-    # Jazzy's rclpy.init() returns None (the context-manager form came later): shut down here.
-    rclpy.init(args=args)
-    try:
-        node = PerceptionNode()
-    except ModelError as error:
-        print(f'perception_node: {error}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return node_cli.run_node('perception_node', PerceptionNode, (ModelError,), args)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import re
 
 from conftest import REPO
 from followme_common import bringup, runner
+import pytest
 
 LAUNCH = REPO / 'launch' / 'follow.launch.py'
 REQUIRED_ARGUMENTS = {'sim', 'model', 'params_file', 'namespace', 'image', 'depth',
@@ -107,3 +108,21 @@ def test_runner_stops_on_sigterm():
         process.kill()
     assert process.returncode == 1, ''.join(lines) + output
     assert 'shut down by a signal' in output
+
+
+@pytest.mark.parametrize('module, ros_args, message', [
+    ('followme_perception.node', ['-p', 'model_path:=/nonexistent.onnx'],
+     'perception_node: model file /nonexistent.onnx not found'),
+    ('followme_control.node', ['-p', 'follow_distance:=4'],
+     'write floating-point values with a decimal point'),
+    ('followme_control.unity_bridge.node', ['-p', 'mode:=bogus'],
+     'unity_bridge: Invalid parameter value (bogus)'),
+])
+def test_node_scripts_exit_1_with_a_message_on_bad_start_up(module, ros_args, message):
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, '-m', module, '--ros-args', *ros_args], cwd=REPO,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert message in done.stderr

@@ -23,9 +23,7 @@ from followme_control.unity_bridge import protocol
 from followme_control.unity_bridge.server import QuadSimServer, ServerListener
 from geometry_msgs.msg import Pose as PoseMsg, PoseStamped, Twist
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -371,23 +369,8 @@ def parse_args(argv):
 
 def main(args=None):
     parse_args(sys.argv if args is None else args)
-    # Jazzy's rclpy.init() returns None (the context-manager form came later): shut down here.
-    rclpy.init(args=args)
-    try:
-        try:
-            node = UnityBridgeNode()
-        except (RuntimeError, ParameterException) as error:
-            print(f'unity_bridge: {error}', file=sys.stderr)
-            return 1
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.try_shutdown()
-    return 0
+    return node_cli.run_node('unity_bridge', UnityBridgeNode, (RuntimeError, ParameterException),
+                             args)
 
 
 if __name__ == '__main__':
