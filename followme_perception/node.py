@@ -298,7 +298,8 @@ class PerceptionNode(Node):
             pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = estimate.position
             pose.pose.orientation.w = 1.0
             self._pub_pose.publish(pose)
-        self._publish_marker(header, estimate)
+        if self._pub_marker.get_subscription_count() > 0:  # only rviz reads it
+            self._publish_marker(header, estimate)
 
     def _publish_marker(self, header, estimate):
         marker = Marker(header=header, ns='hero', id=0)
