@@ -27,6 +27,7 @@ from followme_common.node_params import float_param as _float, int_param as _int
 from followme_perception.detection import HeroDetection
 from followme_sim import drone as drone_model
 from followme_sim import metrics, reference, report, scenario as scenarios
+from followme_sim.lockstep import Lockstep
 from followme_sim.simulation import SimSettings, Simulation
 from followme_sim.world import CameraModel, yaw_matrix
 from geometry_msgs.msg import PoseStamped, Twist
@@ -138,19 +139,13 @@ class SimNode(Node):
         self.sim = Simulation(self.scenario, self.settings)
         self.done = threading.Event()
         self._counts = Counter()
-        self._awaiting = None        # (frame index, wall time published) while in lockstep
-        self._awaiting_command = None  # (cmd_vel count, wall time) at a controller tick
-        self._silent = set()         # inputs that timed out: not waited for until they return
-        self._command_lockstep = True  # off once cmd_vel proves not to come at our ticks
-        self._cmd_count = 0          # cmd_vel messages received, valid or not
-        self._last_tick = None       # sim time of the last controller tick crossed
-        self._command_delays = []    # sim s from a controller tick to the cmd_vel that followed
-        self._wall_start = self._wall_end = None  # the stepping thread's run, wall clock
+        self.lockstep = Lockstep(p('lockstep'), p('lockstep_timeout'),
+                                 p('lockstep_control_rate'))
+        self._wall_start = self._wall_end = None  # the loop's run, wall clock
         self._video = []             # (frame index, rgb, true classes) every `_video_stride`
         self._video_stride = max(1, math.ceil(
             self.scenario.duration * self.settings.camera_rate / p('video_max_frames')))
         self._loop_masks = {}        # frame index -> perception mask, for the video
-        self._loop_waits = []        # wall s from publishing a frame to its hero_detection
         self._lock = threading.Lock()
 
         camera_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p('camera_qos_depth'),
@@ -216,12 +211,12 @@ class SimNode(Node):
             'our_loop': ours, 'reference': ref_metrics, 'ratio_to_reference': ratios,
             'loop_saw_detections': any(f[3] is not None for f in log.frames),
             'wall_s': round(self._wall_end - self._wall_start, 2) if self._wall_end else None,
-            'lockstep_timeouts': self._counts['lockstep_timeouts'],
-            'perception_wait_ms_mean': round(1000 * float(np.mean(self._loop_waits)), 1)
-            if self._loop_waits else None,
+            'lockstep_timeouts': self.lockstep.timeouts,
+            'perception_wait_ms_mean': round(1000 * float(np.mean(
+                self.lockstep.detection_waits)), 1) if self.lockstep.detection_waits else None,
             # Simulated time from a controller tick to its cmd_vel: 0 in command lockstep.
-            'command_delay_sim_ms_max': round(1000 * max(self._command_delays), 1)
-            if self._command_delays else None,
+            'command_delay_sim_ms_max': round(1000 * max(self.lockstep.command_delays), 1)
+            if self.lockstep.command_delays else None,
         }
         written = report.write(folder, summary, self.scenario, log, ref_log, video,
                                loop_masks, fps=self.settings.camera_rate / self._video_stride)
@@ -276,13 +271,9 @@ class SimNode(Node):
         rtf = self._param('real_time_factor')
         if rtf > 0:
             return self.settings.physics_dt / rtf
-        waits_for_loop = self._param('lockstep') and (
-            'hero_detection' not in self._silent
-            or (self._command_lockstep and 'cmd_vel' not in self._silent
-                and self._param('lockstep_control_rate') > 0))
         # In lockstep the loop paces the simulation; without it, 2 ms per 20 ms step (10x
         # real time) leaves a controller on the other end time to act.
-        return 0.0 if waits_for_loop else 0.002
+        return 0.0 if self.lockstep.paces_simulation() else 0.002
 
     def _step(self):
         """One physics step, and a camera frame when one is due (call with the lock held)."""
@@ -294,60 +285,20 @@ class SimNode(Node):
         before = sim.time
         sim.advance(min(sim.time + self.settings.physics_dt, frame_time))
         self._pub_clock.publish(ClockMsg(clock=to_stamp(sim.time)))
-        if self._crossed_control_tick(before, sim.time):
-            self._last_tick = sim.time
-            if self._param('lockstep') and self._command_lockstep and \
-                    'cmd_vel' not in self._silent:
-                self._awaiting_command = (self._cmd_count, time.monotonic())
+        self.lockstep.stepped(before, sim.time, time.monotonic())
         if sim.time >= frame_time - 1e-9:
             self._publish_frame(sim.capture())
 
     def _waiting(self):
         """Whether the lockstep still waits for the loop (call with the lock held)."""
-        timeout = self._param('lockstep_timeout')
-        now = time.monotonic()
-        if self._awaiting is not None:
-            index, since = self._awaiting
-            if now - since < timeout:
-                return True
-            self._lockstep_timeout('hero_detection', f'frame {index}',
-                                   'is the perception node running?')
-            self._awaiting = None
-        if self._awaiting_command is not None:
-            count, since = self._awaiting_command
-            if self._cmd_count > count:
-                self._awaiting_command = None
-            elif now - since < timeout:
-                return True
-            elif count == 0:
-                self._lockstep_timeout('cmd_vel', f't = {self.sim.time:.2f} s',
-                                       'is the control node running?')
-                self._awaiting_command = None
-            else:
-                # Commands do come, but not at our ticks: waiting would stall every tick.
-                self._counts['lockstep_timeouts'] += 1
-                self._command_lockstep = False
-                self._awaiting_command = None
-                self.get_logger().warn(
-                    f'cmd_vel came, but none for the controller tick at t = '
-                    f'{self.sim.time:.2f} s: no longer waiting for cmd_vel in this run (set '
-                    "lockstep_control_rate to control_node's rate_hz and run it on simulated "
-                    'time)')
-        return False
-
-    def _lockstep_timeout(self, topic, what, hint):
-        self._counts['lockstep_timeouts'] += 1
-        self._silent.add(topic)
-        self.get_logger().warn(
-            f'no {topic} for {what} within lockstep_timeout: simulating on without waiting '
-            f'for {topic} until it arrives ({hint})', throttle_duration_sec=10.0)
-
-    def _crossed_control_tick(self, before, after):
-        rate = self._param('lockstep_control_rate')
-        if rate <= 0:
-            return False
-        # Ticks fall on multiples of the period; the epsilon absorbs float sums of physics_dt.
-        return math.floor(after * rate + 1e-6) > math.floor(before * rate + 1e-6)
+        waiting, ran_out = self.lockstep.waiting(time.monotonic(), self.sim.time)
+        for timeout in ran_out:
+            self.get_logger().warn(
+                f'no {timeout.topic} for {timeout.what} within lockstep_timeout: simulating on '
+                + ('and no longer waiting for it in this run' if timeout.for_good else
+                   f'without waiting for {timeout.topic} until it arrives')
+                + f' ({timeout.hint})', throttle_duration_sec=10.0)
+        return waiting
 
     def _finish(self):
         self.get_logger().info(f'scenario finished at t = {self.sim.time:.1f} s')
@@ -373,8 +324,7 @@ class SimNode(Node):
         self._pub_odom.publish(self._odometry(stamp))
         if capture.index % self._video_stride == 0:
             self._video.append((capture.index, frame.rgb, frame.classes))
-        if self._param('lockstep') and 'hero_detection' not in self._silent:
-            self._awaiting = (capture.index, time.monotonic())
+        self.lockstep.frame_published(capture.index, time.monotonic())
         self._pub_image.publish(image)  # last: the loop starts on it
         self._counts['frames'] += 1
 
@@ -422,12 +372,8 @@ class SimNode(Node):
     def _on_cmd_vel(self, msg):
         values = (msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.z)
         with self._lock:
-            self._cmd_count += 1
+            self.lockstep.command(self.sim.time)
             self._resume.trigger()
-            self._silent.discard('cmd_vel')
-            if self._last_tick is not None:
-                self._command_delays.append(self.sim.time - self._last_tick)
-                self._last_tick = None
             verdict = self.sim.set_command(values)
         if verdict == 'rejected':
             self.get_logger().warn(
@@ -451,12 +397,9 @@ class SimNode(Node):
             return
         index = self._frame_index(detection.stamp)
         with self._lock:
-            self._silent.discard('hero_detection')
+            self.lockstep.detection(index, time.monotonic())
             self._resume.trigger()
             self.sim.mark_seen(index, detection.present)
-            if self._awaiting is not None and self._awaiting[0] == index:
-                self._loop_waits.append(time.monotonic() - self._awaiting[1])
-                self._awaiting = None
 
     def _on_mask(self, msg):
         try:
@@ -504,6 +447,9 @@ class SimNode(Node):
             return
         names = {p.name for p in params}
         with self._lock:
+            self.lockstep.enabled = self._param('lockstep')
+            self.lockstep.timeout = self._param('lockstep_timeout')
+            self.lockstep.control_rate = self._param('lockstep_control_rate')
             if names & {'hfov_deg', 'camera_pitch_deg'}:
                 camera = replace(self.settings.camera, hfov_deg=self._param('hfov_deg'),
                                  pitch_deg=self._param('camera_pitch_deg'))
@@ -523,7 +469,7 @@ class SimNode(Node):
                       'frames': self._counts['frames'], 'scenario': self.scenario.name,
                       'cmd_ok': commands['ok'], 'cmd_clamped': commands['clamped'],
                       'cmd_rejected': commands['rejected'], 'collisions': collisions,
-                      'lockstep_timeouts': self._counts['lockstep_timeouts'],
+                      'lockstep_timeouts': self.lockstep.timeouts,
                       'bad_detections': self._counts['bad_detections'],
                       'bad_masks': self._counts['bad_masks']}
         level, message = DiagnosticStatus.OK, 'running'

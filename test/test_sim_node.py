@@ -121,7 +121,7 @@ def test_lockstep_without_a_loop_runs_on_after_one_timeout_per_input(executor, t
     sim = _sim(tmp_path, 2.0, lockstep=True, lockstep_timeout=0.3)
     executor.add_node(sim)
     assert spin_until(executor, sim.done.is_set, timeout=30.0)
-    assert sim._counts['lockstep_timeouts'] == 2      # one hero_detection, one cmd_vel
+    assert sim.lockstep.timeouts == 2                 # one hero_detection, one cmd_vel
 
 
 def test_bad_cmd_vel_is_rejected_or_clamped_and_counted(executor, tmp_path):
