@@ -169,10 +169,9 @@ class SimNode(Node):
         # trigger), else on a wall timer (the pace, or a lockstep-timeout check while it
         # waits). Nothing polls at a high rate, and no thread of our own fights the executor
         # for the GIL.
-        self._wall_clock = wall
         self._resume = self.create_guard_condition(self._advance)
-        self._timer_period = self._advance_period()
-        self._advance_timer = self.create_timer(self._timer_period, self._advance, clock=wall)
+        self._advance_timer = self.create_timer(self._advance_period(), self._advance,
+                                                clock=wall)
         self.create_timer(p('diagnostics_period'), self._publish_diagnostics, clock=wall)
         self.get_logger().info(
             f"scenario '{self.scenario.name}' (seed {self.scenario.seed}): "
@@ -255,12 +254,9 @@ class SimNode(Node):
                 self._step()
                 if paced:
                     break
-            period = self._advance_period()
-        if period != self._timer_period and not self.done.is_set():
-            self.destroy_timer(self._advance_timer)
-            self._timer_period = period
-            self._advance_timer = self.create_timer(period, self._advance,
-                                                    clock=self._wall_clock)
+            period_ns = int(self._advance_period() * 1e9)
+        if period_ns != self._advance_timer.timer_period_ns and not self.done.is_set():
+            self._advance_timer.timer_period_ns = period_ns
 
     def _advance_period(self):
         """Wall s between timer calls: the pace, or how often to check the lockstep timeout."""

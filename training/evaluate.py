@@ -45,10 +45,12 @@ class OnnxPredictor:
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(meta)
 
+    def model_input(self, images_uint8):
+        """uint8 RGB frames -> the network's float32 input, normalised as the metadata says."""
+        return images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+
     def __call__(self, images_uint8):
-        pixels = images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(
-            self.offset)
-        probs = self.session.run(None, {self.input_name: pixels})[0]
+        probs = self.session.run(None, {self.input_name: self.model_input(images_uint8)})[0]
         return probs[..., self.order]
 
 

@@ -53,14 +53,13 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
 
     from training.evaluate import OnnxPredictor
     float_model = OnnxPredictor(float_path)
-    to_input = _input_fn(float_model)
     with tempfile.TemporaryDirectory() as tmp:
         prepared, draft = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
         # Shape inference only: ORT's graph optimizations would bake this CPU's layout
         # (NCHWc) into the file, and ORT applies them at load time anyway.
         quant_pre_process(os.fspath(float_path), os.fspath(prepared), skip_optimization=True,
                           skip_symbolic_shape=True)
-        batches = [to_input(image[None]) for image in calibration_images]
+        batches = [float_model.model_input(image[None]) for image in calibration_images]
         quantize_static(os.fspath(prepared), os.fspath(draft),
                         _calibration_reader(float_model.input_name, batches),
                         quant_format=QuantFormat.QDQ, per_channel=True,
@@ -85,11 +84,6 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, os.fspath(output))
     return agreement
-
-
-def _input_fn(predictor):
-    scale, offset = np.float32(predictor.scale), np.float32(predictor.offset)
-    return lambda images: images.astype(np.float32) * scale + offset
 
 
 def class_agreement(reference, candidate, images, batch_size=32) -> float:
