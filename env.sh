@@ -9,6 +9,8 @@ export AMENT_PREFIX_PATH="$VIRTUAL_ENV"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 # Discovery stays on this machine; set ROS_DOMAIN_ID yourself to separate parallel runs.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# Large images over shared memory (config/fastdds.xml says why); a profile of yours wins.
+export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$FOLLOWME_ROOT/config/fastdds.xml}"
 # The embedded simulator renders headless through EGL (Mesa on the CPU).
 export MUJOCO_GL=egl
 export PYTHONPATH="$FOLLOWME_ROOT${PYTHONPATH:+:$PYTHONPATH}"

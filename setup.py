@@ -21,6 +21,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         share('launch', '*.launch.py'),
         share('config', '*.yaml'),
+        share('config', '*.xml'),
         share('rviz', '*.rviz'),
         share('models'),
     ],

@@ -37,6 +37,16 @@ def nodes_for(sim: str):
     return [spec for spec in NODES if sim in spec.sims]
 
 
+# Fast DDS reads its XML profile from this variable when a process creates its first
+# participant; config/fastdds.xml says why followme ships one.
+FASTDDS_PROFILE_VARIABLE = 'FASTRTPS_DEFAULT_PROFILES_FILE'
+
+
+def fastdds_environment(profile: str):
+    """Environment for the nodes' processes: the Fast DDS profile, unless `profile` is ''."""
+    return {FASTDDS_PROFILE_VARIABLE: profile} if profile else {}
+
+
 def camera_remaps(image: str, depth: str, camera_info: str):
     """Remaps for the perception node's camera inputs (identity when left at defaults)."""
     return [(src, dst) for src, dst in

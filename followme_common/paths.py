@@ -24,6 +24,13 @@ def default_params_file() -> Path:
     return share_dir() / 'config' / 'followme.yaml'
 
 
+def default_fastdds_profile() -> str:
+    """Return the user's Fast DDS profile when one is set, else the package's."""
+    from followme_common.bringup import FASTDDS_PROFILE_VARIABLE
+    return os.environ.get(FASTDDS_PROFILE_VARIABLE,
+                          str(share_dir() / 'config' / 'fastdds.xml'))
+
+
 def default_model_file() -> Path:
     """Return the shipped int8 model: faster on a CPU than the float one, same score."""
     return Path(os.environ.get('FOLLOWME_MODEL',

@@ -9,6 +9,7 @@ progress bar and `write_outputs(folder)` for what it leaves behind.
 """
 
 import argparse
+import os
 from pathlib import Path
 import sys
 import threading
@@ -34,6 +35,10 @@ def build_parser():
     parser.add_argument('--camera-info', default='camera_info', help='camera info topic')
     parser.add_argument('--use-sim-time', choices=('auto', 'true', 'false'), default='auto',
                         help='use /clock (auto: true with --sim embedded)')
+    parser.add_argument('--fastdds-profile', default=paths.default_fastdds_profile(),
+                        help='Fast DDS XML profile for the process, "" for none (default: '
+                             '$FASTRTPS_DEFAULT_PROFILES_FILE, else the package '
+                             'config/fastdds.xml: large images over shared memory)')
     parser.add_argument('--log-level', default='info',
                         choices=('debug', 'info', 'warn', 'error', 'fatal'))
     parser.add_argument('--output', type=Path, default=Path('runs/latest'),
@@ -49,6 +54,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.params_file.is_file():
         parser.error(f'parameter file {args.params_file} does not exist')
+    if args.fastdds_profile and not Path(args.fastdds_profile).is_file():
+        parser.error(f'Fast DDS profile {args.fastdds_profile} does not exist (give "" for '
+                     'none)')
     if args.model is not None and not args.model.is_file():
         parser.error(f'model file {args.model} does not exist')
     args.overrides = _parse_overrides(parser, args.set)
@@ -89,6 +97,8 @@ def run(args) -> int:
     print(f'followme-run: parameters from {args.params_file}')
     remaps = bringup.camera_remaps(args.image, args.depth, args.camera_info)
 
+    # Read by Fast DDS when rclpy.init() creates the participant, so set it first.
+    os.environ.update(bringup.fastdds_environment(args.fastdds_profile))
     # rclpy 7 (Jazzy) returns None from init(), so no `with rclpy.init()` context here.
     rclpy.init(args=rcl_args)
     nodes = []

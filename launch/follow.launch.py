@@ -11,8 +11,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from followme_common import bringup
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -31,6 +30,11 @@ ARGUMENTS = (
     ('use_sim_time', 'auto', 'use /clock: true, false, or auto (true with sim:=embedded)'),
     ('rviz', 'true', 'start rviz2 with rviz/followme.rviz: true or false'),
     ('log_level', 'info', 'log level: debug, info, warn, error or fatal'),
+    ('fastdds_profile', os.environ.get(bringup.FASTDDS_PROFILE_VARIABLE,
+                                       os.path.join(SHARE, 'config', 'fastdds.xml')),
+     'Fast DDS XML profile for every process started here, empty for none (default: '
+     '$FASTRTPS_DEFAULT_PROFILES_FILE, else config/fastdds.xml: large images over shared '
+     'memory)'),
 )
 
 
@@ -40,7 +44,9 @@ def _nodes(context):
     use_sim_time = config['use_sim_time']
     use_sim_time = sim == 'embedded' if use_sim_time == 'auto' else use_sim_time == 'true'
     remaps = bringup.camera_remaps(config['image'], config['depth'], config['camera_info'])
-    actions = []
+    # Before the nodes, so that every process started below creates its participant with it.
+    actions = [SetEnvironmentVariable(name, value) for name, value in
+               bringup.fastdds_environment(config['fastdds_profile']).items()]
     for spec in bringup.nodes_for(sim):
         overrides = {'use_sim_time': use_sim_time}
         if spec.name == 'perception_node':
@@ -51,6 +57,10 @@ def _nodes(context):
             parameters=[config['params_file'], overrides],
             remappings=remaps if spec.camera_inputs else [],
             arguments=['--ros-args', '--log-level', config['log_level']]))
+    if config['rviz'].lower() in ('true', '1'):  # as launch's IfCondition reads it
+        actions.append(Node(package='rviz2', executable='rviz2', name='rviz2',
+                            namespace=config['namespace'],
+                            arguments=['-d', os.path.join(SHARE, 'rviz', 'followme.rviz')]))
     return actions
 
 
@@ -58,8 +68,4 @@ def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=description)
          for name, default, description in ARGUMENTS]
-        + [OpaqueFunction(function=_nodes),
-           Node(package='rviz2', executable='rviz2', name='rviz2',
-                namespace=LaunchConfiguration('namespace'),
-                arguments=['-d', os.path.join(SHARE, 'rviz', 'followme.rviz')],
-                condition=IfCondition(LaunchConfiguration('rviz')))])
+        + [OpaqueFunction(function=_nodes)])
