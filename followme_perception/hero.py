@@ -109,16 +109,24 @@ class HeroLocator:
         hero = (class_ids == HERO).view(np.uint8)
         if not hero.any():
             return None
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(hero, connectivity=8)
+        # 16-bit labels are several times faster; separate 8-connected blobs need a gap, so
+        # there are at most ceil(h/2) * ceil(w/2) of them.
+        rows_cells, cols_cells = hero.shape
+        blobs_max = ((rows_cells + 1) // 2) * ((cols_cells + 1) // 2)
+        label_type = cv2.CV_16U if blobs_max < 2**16 else cv2.CV_32S
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(hero, connectivity=8,
+                                                                   ltype=label_type)
         best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        ys, xs = np.nonzero(labels == best)
+        x, y, w, h = (int(v) for v in stats[best, :4])
+        ys, xs = np.nonzero(labels[y:y + h, x:x + w] == best)
+        ys += y
+        xs += x
         weights = rows.count[ys] * cols.count[xs]   # image pixels behind each grid cell
         area = int(weights.sum())
         if area < self.min_pixels:
             return None
         centroid = (float(np.dot(weights, cols.centre[xs])) / area,
                     float(np.dot(weights, rows.centre[ys])) / area)
-        x, y, w, h = (int(v) for v in stats[best, :4])
         box = (cols.first[x], rows.first[y], cols.end[x + w - 1], rows.end[y + h - 1])
         return box, centroid, area, (ys, xs), weights
 

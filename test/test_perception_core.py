@@ -50,6 +50,19 @@ def test_segment_matches_onnx_runtime_run_directly(model):
     np.testing.assert_allclose(segmentation.hero_prob, probs[:, :, 2])
 
 
+@pytest.mark.parametrize('classes', ['background,others,hero', 'hero,background,others'])
+def test_class_ids_are_the_argmax_ties_to_the_first_channel(tmp_path, classes):
+    segmenter = Segmenter(colour_model(tmp_path / 'm.onnx', size=(48, 64), classes=classes),
+                          warmup_runs=0)
+    # Values from {0, 0.5, 1}: a third of the channel pairs tie.
+    probs = np.random.default_rng(0).integers(0, 3, (48, 64, 3)).astype(np.float32) / 2
+    ids = {name: i for i, name in enumerate(('background', 'others', 'hero'))}
+    channel_to_id = np.array([ids[name] for name in classes.split(',')])
+    segmentation = segmenter.postprocess(probs, (96, 128))
+    np.testing.assert_array_equal(segmentation.net_ids, channel_to_id[np.argmax(probs, 2)])
+    np.testing.assert_array_equal(segmentation.class_ids[::2, ::2], segmentation.net_ids)
+
+
 @pytest.mark.parametrize('classes', ['hero,background,others', 'others,hero,background'])
 def test_any_output_class_order_maps_to_our_ids(tmp_path, classes):
     rgb, truth = scene()
