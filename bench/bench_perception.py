@@ -1,10 +1,14 @@
 """
 Benchmark perception_node: stage timings, overhead, 30 Hz throughput, and Keras side by side.
 
-Everything goes through the real node over real DDS (one process, Fast DDS on loopback):
-1. stages: frames at 256x256 and 640x480, published slowly enough that none is dropped; the
-   node's own per-frame timings (convert, preprocess, infer, postprocess, publish) give the
-   medians, and the overhead is everything but inference as a share of inference;
+Everything goes through the real node over real DDS (Fast DDS on loopback), in three
+processes: perception_node on its own, as `ros2 run` starts it; this bench, playing the camera;
+a viewer subscribed to the images, as rviz would be.
+1. stages: frames at 256x256 and 640x480, published one at a time, so none is dropped; the
+   node's own per-frame timings (convert, preprocess, infer, postprocess, publish), read from
+   its /diagnostics (medians of its last 100 frames), give the overhead: everything but
+   inference as a share of inference. The round trip is image published -> detection
+   received here;
 2. throughput: 640x480 rgb8 at 30 Hz for a while; frames in, processed, dropped, and the
    latency (image stamp -> detection summary received) early and late in the run;
 3. classic: the same network run per frame with Keras `model.predict` (the classic approach)
@@ -18,6 +22,8 @@ TensorFlow is imported here only; runtime code never imports it.
 import argparse
 import os
 from pathlib import Path
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+NAMESPACE = '/bench'
+NODE_NAME = 'perception_node'
+DIAGNOSTICS_PERIOD_S = 0.2
 
 
 def parse_args(argv=None):
@@ -36,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument('--model', type=Path, default=None,
                         help='ONNX model for stages and throughput (default: the classic '
                              'architecture exported with random weights)')
-    parser.add_argument('--frames', type=int, default=60, help='frames per stage run')
+    parser.add_argument('--frames', type=int, default=100,
+                        help='frames per stage run, at least 100 (the node reports the '
+                             'medians of its last 100 frames)')
     parser.add_argument('--seconds', type=float, default=15.0, help='length of the 30 Hz run')
     parser.add_argument('--rate', type=float, default=30.0, help='input rate of that run (Hz)')
     parser.add_argument('--classic-frames', type=int, default=40,
@@ -98,65 +109,100 @@ class Viewer:
     """A separate process subscribed to image topics, standing in for rviz."""
 
     def __init__(self, topics):
-        import subprocess
         self.process = subprocess.Popen([sys.executable, '-c', VIEWER, *topics])
 
     def close(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10.0)
-        except Exception:
-            self.process.kill()
+        _stop(self.process)
 
 
 class Rig:
-    """A perception node and a probe node on one executor spinning in a thread."""
+    """
+    perception_node in its own process, as `ros2 run` starts it; a probe node here.
+
+    The probe plays the camera (image), reads hero_detection for latency, and reads the
+    node's /diagnostics for its own per-stage timings and frame counters. Nothing of the
+    bench (its threads, TensorFlow, the probe's callbacks) shares the node's process.
+    """
 
     def __init__(self, model_path):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64MultiArray
 
-        from followme_perception.node import PerceptionNode
-        self.node = PerceptionNode(namespace='/bench', parameter_overrides=[
-            Parameter('model_path', value=str(model_path))])
-        self.probe = rclpy.create_node('bench_probe', namespace='/bench')
+        self.node_process = subprocess.Popen([
+            sys.executable, '-m', 'followme_perception.node', '--ros-args',
+            '-r', f'__ns:={NAMESPACE}', '-p', f'model_path:={model_path}',
+            '-p', f'diagnostics_period:={DIAGNOSTICS_PERIOD_S}'])
+        self.probe = rclpy.create_node('bench_probe', namespace=NAMESPACE)
         self.pub = self.probe.create_publisher(
             Image, 'image', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.arrivals = {}   # image stamp (ns) -> wall time the detection arrived
         self.probe.create_subscription(Float64MultiArray, 'hero_detection', self._on_detection,
                                        100)
+        self._report = None  # the node's newest diagnostics values
+        self._report_lock = threading.Lock()
+        self.probe.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                       10)
         # Listen to the images too, so the node really fills and publishes them: from another
-        # process, as rviz would, so their deserialisation does not load the node's process.
+        # process, as rviz would.
         self.viewer = Viewer(('mask', 'mask_overlay'))
-        self.executor = SingleThreadedExecutor()  # as rclpy.spin() in the node's own main
-        self.executor.add_node(self.node)
+        self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.probe)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and not (
-                self.node._pub_overlay.get_subscription_count()
-                and self.pub.get_subscription_count()):
-            time.sleep(0.05)
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_until_up(self):
+        self.wait_for(lambda: self.pub.get_subscription_count()
+                      and self.probe.count_subscribers(f'{NAMESPACE}/mask_overlay')
+                      and self.report() is not None, 'perception_node and the viewer')
         time.sleep(1.0)  # let the viewer finish starting before timing
+        self.providers = self.report()['providers_active']
+
+    def wait_for(self, condition, what, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.node_process.poll() is not None:
+                raise RuntimeError(f'perception_node exited ({self.node_process.returncode})')
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'timed out waiting for {what}')
+            time.sleep(0.05)
 
     def stop_overlay(self):
         """Unsubscribe from mask_overlay: the node then skips it, as when rviz is closed."""
         self.viewer.close()
         self.viewer = Viewer(('mask',))
-        deadline = time.monotonic() + 10.0
-        while not self.node._pub_mask.get_subscription_count() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        while self.node._pub_overlay.get_subscription_count() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.wait_for(lambda: self.probe.count_subscribers(f'{NAMESPACE}/mask')
+                      and not self.probe.count_subscribers(f'{NAMESPACE}/mask_overlay'),
+                      'the viewer without the overlay')
         time.sleep(1.0)  # let the new viewer finish starting before timing
 
     def _on_detection(self, msg):
         self.arrivals[int(msg.data[0]) * 10**9 + int(msg.data[1])] = time.time()
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if status.name.startswith(f'{NODE_NAME}:'):
+                with self._report_lock:
+                    self._report = {kv.key: kv.value for kv in status.values}
+
+    def report(self):
+        """Return the newest diagnostics values of the node ({} keys as in /diagnostics)."""
+        with self._report_lock:
+            return self._report
+
+    def report_after(self, processed):
+        """Return the first diagnostics report counting at least `processed` frames."""
+        self.wait_for(lambda: int(self.report()['frames_processed']) >= processed,
+                      f'a diagnostics report with {processed} frames', timeout=10.0)
+        return self.report()
 
     def publish(self, msg):
         """Stamp `msg` with the wall clock, publish it, return the stamp in ns."""
@@ -167,9 +213,17 @@ class Rig:
 
     def close(self):
         self.viewer.close()
+        _stop(self.node_process)
         self.executor.shutdown()
-        self.node.destroy_node()
         self.probe.destroy_node()
+
+
+def _stop(process):
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def image_message(rgb):
@@ -182,23 +236,35 @@ def image_message(rgb):
 
 
 def bench_stages(rig, size, count):
-    """Median ms per stage for `count` frames of `size`, sent one at a time."""
+    """
+    Return the median ms per stage for `count` frames of `size`, sent one at a time.
+
+    The stages come from the node's diagnostics; the round trip (image published ->
+    detection received here) is measured here.
+    """
     from tqdm import tqdm
     messages = [image_message(f) for f in frames(*size, count)]
+    processed = int(rig.report()['frames_processed'])
+    round_trip = []
     for msg in tqdm(messages, desc=f'stages {size[1]}x{size[0]}', unit='frame'):
         stamp = rig.publish(msg)
-        deadline = time.monotonic() + 5.0
-        while stamp not in rig.arrivals and time.monotonic() < deadline:
-            time.sleep(0.001)
-    timings = rig.node.frame_timings()
-    return {name: float(np.median(ms[-count:])) for name, ms in timings.items() if name != 'wait'}
+        rig.wait_for(lambda: stamp in rig.arrivals, 'a detection', timeout=5.0)
+        round_trip.append((rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
+    from followme_perception.node import STAGES, TIMING_WINDOW
+    if count < TIMING_WINDOW:
+        raise ValueError(f'send at least {TIMING_WINDOW} frames: the node reports the '
+                         f'medians of its last {TIMING_WINDOW}')
+    report = rig.report_after(processed + count)
+    stages = {name: float(report[f'{name}_ms']) for name in STAGES}
+    stages['round_trip'] = float(np.median(round_trip))
+    return stages
 
 
 def bench_throughput(rig, rate, seconds):
     """Publish 640x480 frames at `rate` Hz; return counts and latency early and late."""
     from tqdm import tqdm
     messages = [image_message(f) for f in frames(480, 640, 30)]
-    start_counts = rig.node.frame_counts()
+    before = rig.report()
     stamps = []
     period = 1.0 / rate
     start = time.monotonic()
@@ -210,16 +276,19 @@ def bench_throughput(rig, rate, seconds):
         stamps.append(rig.publish(messages[i % len(messages)]))
     sent_for = time.monotonic() - start
     time.sleep(1.0)
-    counts = rig.node.frame_counts()
+    after = rig.report()
     latency = [(stamp, (rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
                for stamp in stamps if stamp in rig.arrivals]
     third = max(1, len(latency) // 3)
+
+    def delta(key):
+        return int(after[key]) - int(before[key])
     return {
         'sent': total, 'sent_hz': total / sent_for,
-        'received': counts['images'] - start_counts['images'],
-        'processed': counts['processed'] - start_counts['processed'],
-        'dropped': counts['dropped'] - start_counts['dropped'],
-        'processed_hz': (counts['processed'] - start_counts['processed']) / sent_for,
+        'received': delta('images_received'),
+        'processed': delta('frames_processed'),
+        'dropped': delta('frames_dropped'),
+        'processed_hz': delta('frames_processed') / sent_for,
         'latency_first_third_ms': float(np.median([ms for _, ms in latency[:third]])),
         'latency_last_third_ms': float(np.median([ms for _, ms in latency[-third:]])),
         'latency_p95_ms': float(np.percentile([ms for _, ms in latency], 95)),
@@ -272,14 +341,18 @@ def main(argv=None):
         rclpy.init()
         try:
             rig = Rig(model_path)
-            print(f'providers: {", ".join(rig.node.segmenter.providers)}')
-            bench_stages(rig, (256, 256), 20)  # warm-up: first frames through DDS, caches
-            stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames)
-                      for h, w in ((256, 256), (480, 640))}
-            rig.stop_overlay()
-            stages['640x480, no overlay subscriber'] = bench_stages(rig, (480, 640), args.frames)
-            throughput = bench_throughput(rig, args.rate, args.seconds)
-            rig.close()
+            try:
+                print(f'providers: {rig.providers}')
+                # Warm-up: first frames through DDS, caches.
+                bench_stages(rig, (256, 256), args.frames)
+                stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames)
+                          for h, w in ((256, 256), (480, 640))}
+                rig.stop_overlay()
+                stages['640x480, no overlay subscriber'] = bench_stages(rig, (480, 640),
+                                                                        args.frames)
+                throughput = bench_throughput(rig, args.rate, args.seconds)
+            finally:
+                rig.close()
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
@@ -288,20 +361,19 @@ def main(argv=None):
 
 
 def report(stages, throughput, classic):
-    print('\n| input | convert | preprocess | infer | postprocess | publish | total | '
-          'overhead / infer |')
-    print('|---|---|---|---|---|---|---|---|')
+    from followme_perception.node import STAGES
+    print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip |')
+    print('|---|' + '---|' * (len(STAGES) + 3))
+    totals = {name: sum(ms[stage] for stage in STAGES) for name, ms in stages.items()}
     for name, ms in stages.items():
-        total = sum(ms.values())
-        overhead = (total - ms['infer']) / ms['infer'] * 100.0
-        print(f'| {name} | ' + ' | '.join(f'{ms[s]:.2f}' for s in (
-            'convert', 'preprocess', 'infer', 'postprocess', 'publish'))
-            + f' | {total:.2f} | {overhead:.0f} % |')
+        overhead = (totals[name] - ms['infer']) / ms['infer'] * 100.0
+        print(f'| {name} | ' + ' | '.join(f'{ms[stage]:.2f}' for stage in STAGES)
+              + f" | {totals[name]:.2f} | {overhead:.0f} % | {ms['round_trip']:.2f} |")
     print('\nthroughput: ' + ', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}'
                                        for k, v in throughput.items()))
     if classic:
         keras_ms, ort_ms = classic['keras_predict'], classic['onnxruntime']
-        total_640 = sum(stages['640x480'].values())
+        total_640 = totals['640x480']
         print(f'\nper frame: Keras predict {keras_ms:.1f} ms, ONNX Runtime {ort_ms:.1f} ms '
               f'(x{keras_ms / ort_ms:.1f}), with one thread '
               f"{classic['onnxruntime_1_thread']:.1f} ms; "
@@ -310,7 +382,7 @@ def report(stages, throughput, classic):
               f"at most {classic['max_abs_difference']:.1e}")
         if 'node_model' in classic:
             node_ms = classic['node_model']
-            total_256 = sum(stages['256x256'].values())
+            total_256 = totals['256x256']
             print(f"the node's model alone {node_ms:.1f} ms (x{keras_ms / node_ms:.1f}); the "
                   f'whole node at 256x256 {total_256:.1f} ms (x{keras_ms / total_256:.1f})')
 
