@@ -248,7 +248,10 @@ def bench_stages(rig, size, count):
     round_trip = []
     for msg in tqdm(messages, desc=f'stages {size[1]}x{size[0]}', unit='frame'):
         stamp = rig.publish(msg)
-        rig.wait_for(lambda: stamp in rig.arrivals, 'a detection', timeout=5.0)
+        rig.wait_for(lambda: stamp in rig.arrivals,
+                     f'the detection of a {size[1]}x{size[0]} frame (with Fast DDS, large '
+                     'frames between processes need config/fastdds.xml: source env.sh)',
+                     timeout=5.0)
         round_trip.append((rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
     from followme_perception.node import STAGES, TIMING_WINDOW
     if count < TIMING_WINDOW:

@@ -280,14 +280,7 @@ class PerceptionNode(Node):
     # Outputs ------------------------------------------------------------------------------
 
     def _publish(self, header, rgb, class_ids, estimate, alpha):
-        if self._pub_mask.get_subscription_count() > 0:
-            mask = fill_image(Image(), class_ids, 'mono8')
-            mask.header = header
-            self._pub_mask.publish(mask)
-        if self._pub_overlay.get_subscription_count() > 0:
-            overlay = fill_image(Image(), tint(rgb, class_ids, alpha), 'rgb8')
-            overlay.header = header
-            self._pub_overlay.publish(overlay)
+        # What control waits for first; the images, for rviz, take most of the time.
         detection = estimate.detection
         summary = Float64MultiArray(data=detection.to_list())
         summary.layout.dim = [MultiArrayDimension(label=LAYOUT_LABEL, size=len(FIELDS),
@@ -300,6 +293,14 @@ class PerceptionNode(Node):
             self._pub_pose.publish(pose)
         if self._pub_marker.get_subscription_count() > 0:  # only rviz reads it
             self._publish_marker(header, estimate)
+        if self._pub_mask.get_subscription_count() > 0:
+            mask = fill_image(Image(), class_ids, 'mono8')
+            mask.header = header
+            self._pub_mask.publish(mask)
+        if self._pub_overlay.get_subscription_count() > 0:
+            overlay = fill_image(Image(), tint(rgb, class_ids, alpha), 'rgb8')
+            overlay.header = header
+            self._pub_overlay.publish(overlay)
 
     def _publish_marker(self, header, estimate):
         marker = Marker(header=header, ns='hero', id=0)
