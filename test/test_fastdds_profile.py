@@ -64,4 +64,3 @@ def test_640x480_best_effort_frames_cross_processes_with_the_profile():
     received, smallest = (int(v) for v in out.split())
     assert received >= FRAMES - 2, f'only {received} of {FRAMES} frames arrived'
     assert smallest == 480 * 640 * 3
-
