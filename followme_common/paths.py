@@ -8,6 +8,8 @@ through `make run` they are next to this package.
 import os
 from pathlib import Path
 
+from followme_common.bringup import FASTDDS_PROFILE_VARIABLE
+
 PACKAGE = 'followme'
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +28,6 @@ def default_params_file() -> Path:
 
 def default_fastdds_profile() -> str:
     """Return the user's Fast DDS profile when one is set, else the package's."""
-    from followme_common.bringup import FASTDDS_PROFILE_VARIABLE
     return os.environ.get(FASTDDS_PROFILE_VARIABLE,
                           str(share_dir() / 'config' / 'fastdds.xml'))
 

@@ -4,7 +4,7 @@ import ast
 import re
 
 from conftest import REPO
-from followme_common import bringup, runner
+from followme_common import bringup, paths, runner
 import pytest
 
 LAUNCH = REPO / 'launch' / 'follow.launch.py'
@@ -74,6 +74,17 @@ def test_runner_offers_every_launch_argument_but_rviz():
     for name, _ in launch_arguments():
         if name != 'rviz':
             assert name in options, f'followme-run has no option for launch argument {name}'
+
+
+def test_runner_fastdds_profile_is_the_package_file_and_checked(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(bringup.FASTDDS_PROFILE_VARIABLE, raising=False)
+    shipped = paths.share_dir() / 'config' / 'fastdds.xml'
+    assert runner.parse_args([]).fastdds_profile == str(shipped)
+    assert bringup.fastdds_environment('') == {}
+    assert runner.parse_args(['--fastdds-profile', '']).fastdds_profile == ''
+    with pytest.raises(SystemExit):
+        runner.parse_args(['--fastdds-profile', str(tmp_path / 'missing.xml')])
+    assert 'Fast DDS profile' in capsys.readouterr().err
 
 
 def test_nodes_for_each_sim_choice():
