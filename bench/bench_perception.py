@@ -54,7 +54,12 @@ def parse_args(argv=None):
     parser.add_argument('--classic-frames', type=int, default=40,
                         help='frames for the Keras vs ONNX Runtime comparison')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from followme_perception.node import TIMING_WINDOW
+    if args.frames < TIMING_WINDOW:
+        parser.error(f'--frames must be at least {TIMING_WINDOW}: the node reports the medians '
+                     f'of its last {TIMING_WINDOW} frames')
+    return args
 
 
 def model_input_size(path):
@@ -106,8 +111,8 @@ import sys
 import rclpy
 from sensor_msgs.msg import Image
 rclpy.init()
-node = rclpy.create_node('bench_viewer', namespace='/bench')
-for topic in sys.argv[1:]:
+node = rclpy.create_node('bench_viewer', namespace=sys.argv[1])
+for topic in sys.argv[2:]:
     node.create_subscription(Image, topic, lambda _msg: None, 1)
 try:
     rclpy.spin(node)
@@ -120,7 +125,7 @@ class Viewer:
     """A separate process subscribed to image topics, standing in for rviz."""
 
     def __init__(self, topics):
-        self.process = subprocess.Popen([sys.executable, '-c', VIEWER, *topics])
+        self.process = subprocess.Popen([sys.executable, '-c', VIEWER, NAMESPACE, *topics])
 
     def close(self):
         _stop(self.process)
@@ -264,10 +269,7 @@ def bench_stages(rig, size, count):
                      'frames between processes need config/fastdds.xml: source env.sh)',
                      timeout=5.0)
         round_trip.append((rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
-    from followme_perception.node import STAGES, TIMING_WINDOW
-    if count < TIMING_WINDOW:
-        raise ValueError(f'send at least {TIMING_WINDOW} frames: the node reports the '
-                         f'medians of its last {TIMING_WINDOW}')
+    from followme_perception.node import STAGES
     report = rig.report_after(processed + count)
     stages = {name: float(report[f'{name}_ms']) for name in STAGES}
     stages['round_trip'] = float(np.median(round_trip))
