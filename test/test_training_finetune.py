@@ -1,5 +1,7 @@
 """A fine-tune starts from the weights it names (train.init_weights)."""
 
+import json
+
 import numpy as np
 import pytest
 from test_training_data import write_classic_set
@@ -43,3 +45,37 @@ def test_missing_init_weights_is_a_clear_error(tmp_path):
     with pytest.raises(train.ConfigError, match='init_weights: .*does not exist'):
         train.train(tiny_config(tmp_path, init_weights=str(tmp_path / 'nope')),
                     tmp_path / 'runs', 'broken')
+
+
+def test_partial_init_loads_what_fits_and_names_the_rest(tmp_path):
+    start = tmp_path / 'start.weights.h5'
+    build_model(ModelConfig.from_dict(TINY_MODEL)).save_weights(start)
+    slim = {**TINY_MODEL, 'decoder_filters': [8, 2]}  # the last decoder block is narrower
+    config = tiny_config(tmp_path, learning_rate=0.0, init_weights=str(start),
+                         init_partial=True)
+    config['model'] = slim
+    run_dir = train.train(config, tmp_path / 'runs', 'partial')
+    report = json.loads((run_dir / 'init_weights.json').read_text())
+    assert report['partial'] is True
+    assert 'decoder2_1_sepconv/pointwise_kernel' in report['unchanged']
+    assert 'classes/kernel' in report['unchanged']
+    assert 'encoder1_sepconv/depthwise_kernel' in report['loaded']
+    assert 'decoder1_1_sepconv/pointwise_kernel' in report['loaded']
+    # The loaded kernels are the start's (learning rate 0 keeps them there).
+    result = build_model(ModelConfig.from_dict(slim))
+    result.load_weights(run_dir / 'last.weights.h5')
+    original = build_model(ModelConfig.from_dict(TINY_MODEL))
+    original.load_weights(start)
+    want = {w.path: w.numpy() for w in original.weights}
+    for weight in result.weights:
+        if weight.path in report['loaded']:
+            np.testing.assert_array_equal(weight.numpy(), want[weight.path])
+
+
+def test_a_start_that_does_not_fit_says_how_to_load_part_of_it(tmp_path):
+    start = tmp_path / 'start.weights.h5'
+    build_model(ModelConfig.from_dict(TINY_MODEL)).save_weights(start)
+    config = tiny_config(tmp_path, init_weights=str(start))
+    config['model'] = {**TINY_MODEL, 'decoder_filters': [8, 2]}
+    with pytest.raises(train.ConfigError, match='does not fit this model.*init_partial'):
+        train.train(config, tmp_path / 'runs', 'misfit')

@@ -45,6 +45,7 @@ DEFAULTS = {
         'max_train_frames': 0,       # a seeded random subset of the data (0: all of it),
         'max_val_frames': 0,         # e.g. for the hyper-parameter search
         'init_weights': '',          # start from these weights (a fine-tune); '' = random
+        'init_partial': False,       # load only the init weights whose shapes fit this model
     },
 }
 
@@ -267,6 +268,35 @@ def resolve_init_weights(path) -> Path:
     return path
 
 
+def load_init_weights(model, path: Path, partial: bool) -> dict:
+    """
+    Load a fine-tune's starting weights; with `partial`, only those whose shapes fit.
+
+    A partial start lets a changed architecture (say, a narrower decoder) keep everything it
+    shares with a trained model. Returns which variables were loaded and which were not.
+    """
+    import keras
+    import numpy as np
+    values = keras.ops.convert_to_numpy
+    before = {w.path: values(w) for w in model.weights}
+    try:
+        model.load_weights(path, skip_mismatch=partial)
+    except ValueError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f'train.init_weights: {path} does not fit this model ({first_line}); '
+                          'set train.init_partial: true to load only the weights that fit'
+                          ) from None
+    # Variables the file left as initialised: new, or their shape differs from the file's.
+    unchanged = [w.path for w in model.weights
+                 if w.trainable and np.array_equal(before[w.path], values(w))]
+    trainable = [w.path for w in model.weights if w.trainable]
+    print(f'init weights {path}: {len(trainable) - len(unchanged)} of {len(trainable)} '
+          'trainable variables loaded'
+          + (f", unchanged: {', '.join(unchanged)}" if unchanged else ''), flush=True)
+    return {'weights': str(path), 'partial': partial, 'unchanged': unchanged,
+            'loaded': [p for p in trainable if p not in unchanged]}
+
+
 def distribution_strategy():
     """All visible GPUs through MirroredStrategy when there are several, else the default."""
     import tensorflow as tf
@@ -328,7 +358,9 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
     with distribution_strategy().scope():
         model = build_model(model_config)
         if settings['init_weights']:
-            model.load_weights(resolve_init_weights(settings['init_weights']))
+            report = load_init_weights(model, resolve_init_weights(settings['init_weights']),
+                                       bool(settings['init_partial']))
+            save_json(run_dir / 'init_weights.json', report)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
     followme, callbacks = make_callbacks(run_dir, val_frames, loss_fn, steps, epochs,
                                          float(settings['max_minutes']))
