@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import sys
 import tempfile
 import time
 
@@ -91,6 +92,11 @@ def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
     frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, 3)).astype(np.float32)
     for _ in range(20):
         session.run(None, {'image': frame})
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f'warning: timing ONNX Runtime on a busy machine (1-minute load average '
+              f'{load:.1f} on {os.cpu_count()} cores): the figures will be high; rerun on an '
+              'idle machine for the card', file=sys.stderr, flush=True)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
