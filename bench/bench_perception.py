@@ -15,8 +15,9 @@ a viewer subscribed to the images, as rviz would be.
    and with ONNX Runtime, side by side, on the same frames.
 
 The network is training.model.build_model() exported to ONNX with tf2onnx (random weights:
-timing does not depend on them) at the input size of the --model file when one is given (the
-node runs that file in stages 1-2), else at the classic 160x160.
+timing does not depend on them) with the architecture and input size of the --model file when
+one is given (from its `followme.architecture` metadata; the node runs that file in stages
+1-2), else the classic network at 160x160.
 TensorFlow is imported here only; runtime code never imports it.
 """
 
@@ -62,23 +63,33 @@ def parse_args(argv=None):
     return args
 
 
-def model_input_size(path):
-    """Return the (H, W) input size of a followme ONNX model, from its metadata."""
+def node_model_architecture(path) -> dict:
+    """
+    Return the training.model.ModelConfig fields of a followme ONNX model, from its metadata.
+
+    Exports since the architecture went into the metadata (`followme.architecture`) give the
+    whole network; older ones only their input size, with the classic layers assumed.
+    """
+    import json
+
     import onnxruntime as ort
 
     from followme_perception.segmenter import read_model_info
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     info = read_model_info(path, session)
-    return info.height, info.width
+    stored = session.get_modelmeta().custom_metadata_map.get('followme.architecture')
+    architecture = json.loads(stored) if stored else {}
+    architecture['input_size'] = [info.height, info.width]
+    return architecture
 
 
-def export_classic_model(folder, input_size=None):
-    """Build the classic FCN (training.model) and export it with the followme metadata."""
+def export_random_weights_model(folder, architecture=None):
+    """Build the FCN (training.model; classic by default), random weights, export to ONNX."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import tensorflow as tf
     import tf2onnx
     from training.model import build_model, ModelConfig
-    config = ModelConfig() if input_size is None else ModelConfig(input_size=tuple(input_size))
+    config = ModelConfig.from_dict(architecture or {})
     model = build_model(config)
     spec = (tf.TensorSpec((None, *config.input_size, 3), tf.float32, name='image'),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
@@ -350,9 +361,9 @@ def main(argv=None):
     args = parse_args(argv)
     import rclpy
     with tempfile.TemporaryDirectory() as folder:
-        # Keras runs the same architecture at the node model's input size: like for like.
-        keras_model, exported = export_classic_model(
-            folder, model_input_size(args.model) if args.model else None)
+        # Keras runs the node model's own architecture and input size: like for like.
+        keras_model, exported = export_random_weights_model(
+            folder, node_model_architecture(args.model) if args.model else None)
         model_path = args.model or exported
         print(f'model for the node: {model_path}'
               + ('' if args.model else ' (classic architecture, random weights)'))

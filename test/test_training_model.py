@@ -142,6 +142,9 @@ def test_export_parity_metadata_and_score(tiny_run, tmp_path):
     assert json.loads(meta['followme.training_data'])['train']['frames'] == 12
     assert json.loads(meta['followme.score'])['final_score'] == round(report['final_score'], 4)
     assert meta['followme.commit']
+    architecture = json.loads(meta['followme.architecture'])
+    assert ModelConfig.from_dict(architecture) == ModelConfig.from_dict(
+        yaml.safe_load((run_dir / 'config.yaml').read_text())['model'])
     assert timing['median_ms'] > 0
     assert f"{report['final_score']:.4f}" in (tmp_path / 'CARD.md').read_text()
     # Evaluating the written file reproduces the exported score.

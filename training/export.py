@@ -10,6 +10,7 @@ ONNX Runtime ms per frame; optionally write the model card from those measured f
 """
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -52,9 +53,9 @@ def set_metadata(proto, values: dict):
         entry.key, entry.value = key, str(value)
 
 
-def contract_metadata(input_size, training_data, score, commit) -> dict:
+def contract_metadata(input_size, training_data, score, commit, architecture=None) -> dict:
     from training.data import INPUT_OFFSET, INPUT_SCALE
-    return {
+    metadata = {
         'followme.input_size': f'{input_size[0]},{input_size[1]}',
         'followme.input_scale': repr(INPUT_SCALE),
         'followme.input_offset': repr(INPUT_OFFSET),
@@ -63,6 +64,10 @@ def contract_metadata(input_size, training_data, score, commit) -> dict:
         'followme.score': json.dumps(score),
         'followme.commit': commit,
     }
+    if architecture is not None:
+        # training.model.ModelConfig fields, so a benchmark can rebuild the same network.
+        metadata['followme.architecture'] = json.dumps(architecture, sort_keys=True)
+    return metadata
 
 
 def check_parity(onnx_path, keras_model, images_uint8, tolerance):
@@ -221,6 +226,7 @@ def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_fr
 
     from training.data import DEFAULT_DATA_ROOT, find_all_pairs, materialize
     from training.evaluate import evaluate, KerasPredictor, OnnxPredictor
+    from training.model import ModelConfig
     from training.train import git_commit
     run_dir, output = Path(run_dir), Path(output)
     keras_predictor = KerasPredictor(run_dir, weights)
@@ -230,11 +236,13 @@ def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_fr
     parity_images = materialize(parity_pairs, input_size, 'parity frames').images
 
     commit = git_commit()
+    architecture = dataclasses.asdict(ModelConfig.from_dict(config['model']))
     proto = convert(keras_predictor.model, input_size, opset)
     training_data = training_data_summary(run_dir)
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / output.name
-        set_metadata(proto, contract_metadata(input_size, training_data, None, commit))
+        set_metadata(proto, contract_metadata(input_size, training_data, None, commit,
+                                              architecture))
         onnx.save(proto, draft)
         parity = check_parity(draft, keras_predictor.model, parity_images, tolerance)
         print(f'parity: max abs diff {parity:.3g} on {len(parity_images)} real frames')
@@ -242,7 +250,7 @@ def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_fr
         report = evaluate(OnnxPredictor(draft), eval_data, run_dir / 'export_eval')
     report['model'] = str(output)
     set_metadata(proto, contract_metadata(input_size, training_data, short_score(report),
-                                          commit))
+                                          commit, architecture))
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, output)
     (run_dir / 'export_eval' / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
