@@ -88,6 +88,35 @@ def check_parity(onnx_path, keras_model, images_uint8, tolerance):
     return diff
 
 
+def other_cpu_busy(window_s=1.0):
+    """
+    Return the share of all cores' time spent busy during `window_s` while we sleep.
+
+    That is other processes' work competing with a timing. The 1-minute load average cannot
+    tell: it also counts the evaluation this process has just run. None off Linux.
+    """
+    def busy_and_total():
+        with open('/proc/stat') as stat:
+            # cpu user nice system idle iowait irq softirq steal (guest is inside user)
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+        return sum(fields) - fields[3] - fields[4], sum(fields)
+    try:
+        busy_before, total_before = busy_and_total()
+        time.sleep(window_s)
+        busy_after, total_after = busy_and_total()
+    except (OSError, ValueError):
+        return None
+    total = total_after - total_before
+    return (busy_after - busy_before) / total if total > 0 else 0.0
+
+
+def describe_busy(share) -> str:
+    """'other work used 3 % of the 2 cores', for the card."""
+    if share is None:
+        return 'other work on the machine unknown'
+    return f'other work used {100 * share:.0f} % of the {os.cpu_count()} cores'
+
+
 def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
     """ONNX Runtime latency for one frame (batch 1), median and 90th percentile, in ms."""
     import onnxruntime as ort
@@ -97,19 +126,17 @@ def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
     frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, 3)).astype(np.float32)
     for _ in range(20):
         session.run(None, {'image': frame})
-    load = os.getloadavg()[0]
-    if load > 0.5 * (os.cpu_count() or 1):
-        print(f'warning: timing ONNX Runtime on a busy machine (1-minute load average '
-              f'{load:.1f} on {os.cpu_count()} cores): the figures will be high; rerun on an '
-              'idle machine for the card', file=sys.stderr, flush=True)
+    busy = other_cpu_busy()
+    if busy is not None and busy > 0.2:
+        print(f'warning: timing ONNX Runtime while {describe_busy(busy)}: the figures will be '
+              'high; rerun on an idle machine for the card', file=sys.stderr, flush=True)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         session.run(None, {'image': frame})
         times.append((time.perf_counter() - start) * 1000.0)
-    # The machine is shared: the load average says how busy it was while we measured.
     return {'median_ms': float(np.median(times)), 'p90_ms': float(np.percentile(times, 90)),
-            'runs': runs, 'load_average_1min': os.getloadavg()[0]}
+            'runs': runs, 'other_cpu_busy': busy}
 
 
 def short_score(report) -> dict:
@@ -171,7 +198,7 @@ Written by `python -m training.export` from measured figures; do not edit the nu
 | final IoU / detection weight | {report['final_iou']:.4f} / {report['weight']:.4f} |
 | ONNX Runtime, batch 1, {report['input_size'][0]}x{report['input_size'][1]}, this CPU \
 | median {timing['median_ms']:.2f} ms, p90 {timing['p90_ms']:.2f} ms per frame \
-(1-minute load average {timing['load_average_1min']:.1f} on 2 cores while measuring) |
+(just before measuring, {describe_busy(timing['other_cpu_busy'])}) |
 | commit | `{commit}` |
 | Keras vs ONNX max abs difference (real frames) | {parity:.2g} |
 
