@@ -278,7 +278,8 @@ def load_init_weights(model, path: Path, partial: bool) -> dict:
     import keras
     import numpy as np
     values = keras.ops.convert_to_numpy
-    before = {w.path: values(w) for w in model.weights}
+    trainable = [w for w in model.weights if w.trainable]
+    before = [values(w) for w in trainable]
     try:
         model.load_weights(path, skip_mismatch=partial)
     except ValueError as error:
@@ -286,15 +287,13 @@ def load_init_weights(model, path: Path, partial: bool) -> dict:
         raise ConfigError(f'train.init_weights: {path} does not fit this model ({first_line}); '
                           'set train.init_partial: true to load only the weights that fit'
                           ) from None
-    # Variables the file left as initialised: new, or their shape differs from the file's.
-    unchanged = [w.path for w in model.weights
-                 if w.trainable and np.array_equal(before[w.path], values(w))]
-    trainable = [w.path for w in model.weights if w.trainable]
-    print(f'init weights {path}: {len(trainable) - len(unchanged)} of {len(trainable)} '
-          'trainable variables loaded'
+    # Variables the file left as initialised: new, or their shape differs from the file's (or,
+    # in principle, trained to exactly their initial value).
+    unchanged = [w.path for w, old in zip(trainable, before) if np.array_equal(old, values(w))]
+    loaded = [w.path for w in trainable if w.path not in unchanged]
+    print(f'init weights {path}: {len(loaded)} of {len(trainable)} trainable variables loaded'
           + (f", unchanged: {', '.join(unchanged)}" if unchanged else ''), flush=True)
-    return {'weights': str(path), 'partial': partial, 'unchanged': unchanged,
-            'loaded': [p for p in trainable if p not in unchanged]}
+    return {'weights': str(path), 'partial': partial, 'unchanged': unchanged, 'loaded': loaded}
 
 
 def distribution_strategy():
