@@ -1,6 +1,7 @@
 """Model, training run, export parity, evaluation and raw import, with tiny models and data."""
 
 import json
+import math
 
 import cv2
 from followme_common import scoring
@@ -103,7 +104,21 @@ def test_training_run_writes_its_record(tiny_run):
     assert saved['model']['input_size'] == [32, 32]
     fingerprint = json.loads((run_dir / 'data_fingerprint.json').read_text())
     assert fingerprint['train']['frames'] == 12 and len(fingerprint['train']['sha256']) == 64
-    assert len((run_dir / 'history.csv').read_text().strip().splitlines()) == 3
+    history = (run_dir / 'history.csv').read_text().strip().splitlines()
+    assert len(history) == 3 and 'val_far_hero_detected' in history[0].split(',')
+
+
+def test_far_hero_detection_counts_only_far_heroes():
+    def frame(truth_pixels, pred_pixels):
+        return scoring.FrameScore((0.0, 0.0, 0.0), truth_pixels, pred_pixels)
+    pixels = 224 * 224  # far: a hero under 200 pixels
+    frames = [frame(100, 50), frame(150, 0), frame(199, 4),   # far: found, missed, found
+              frame(200, 0), frame(3000, 2000),                # near: not counted
+              frame(0, 500), frame(3, 0)]                      # no hero (3 px is "absent")
+    assert train.far_hero_detected(frames, pixels) == pytest.approx(2 / 3)
+    # The threshold scales with the frame: 150 pixels is not far in a 100x100 frame.
+    assert math.isnan(train.far_hero_detected([frame(150, 0)], 100 * 100))
+    assert math.isnan(train.far_hero_detected([frame(3000, 10), frame(0, 0)], pixels))
 
 
 def test_search_runs_bounded_trials_and_writes_a_usable_config(tiny_run, tmp_path):
