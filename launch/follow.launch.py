@@ -9,7 +9,7 @@ The node list comes from followme_common.bringup, which the launch-free runner
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from followme_common import bringup
+from followme_common import bringup, paths
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
@@ -30,8 +30,7 @@ ARGUMENTS = (
     ('use_sim_time', 'auto', 'use /clock: true, false, or auto (true with sim:=embedded)'),
     ('rviz', 'true', 'start rviz2 with rviz/followme.rviz: true or false'),
     ('log_level', 'info', 'log level: debug, info, warn, error or fatal'),
-    ('fastdds_profile', os.environ.get(bringup.FASTDDS_PROFILE_VARIABLE,
-                                       os.path.join(SHARE, 'config', 'fastdds.xml')),
+    ('fastdds_profile', paths.default_fastdds_profile(),
      'Fast DDS XML profile for every process started here, empty for none (default: '
      '$FASTRTPS_DEFAULT_PROFILES_FILE, else config/fastdds.xml: large images over shared '
      'memory)'),

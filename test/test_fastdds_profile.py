@@ -19,8 +19,8 @@ node = rclpy.create_node('profile_test_subscriber')
 received = []
 node.create_subscription(Image, sys.argv[1], lambda msg: received.append(len(msg.data)),
                          qos_profile_sensor_data)
-deadline = time.monotonic() + 30.0
-while time.monotonic() < deadline and len(received) < int(sys.argv[2]):
+start = first = time.monotonic()  # first: the last spin before a frame arrived
+while time.monotonic() < start + 30.0 and len(received) < int(sys.argv[2]):
     rclpy.spin_once(node, timeout_sec=0.1)
     if received and time.monotonic() > first + 6.0:
         break
