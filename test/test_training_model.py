@@ -161,6 +161,8 @@ def test_export_parity_metadata_and_score(tiny_run, tmp_path):
     assert ModelConfig.from_dict(architecture) == ModelConfig.from_dict(
         yaml.safe_load((run_dir / 'config.yaml').read_text())['model'])
     assert timing['median_ms'] > 0
+    # The decoder's concatenations were rewritten away (graph_rewrite), parity still holds.
+    assert 'Concat' not in [n.op_type for n in onnx.load(output).graph.node]
     assert f"{report['final_score']:.4f}" in (tmp_path / 'CARD.md').read_text()
     # Evaluating the written file reproduces the exported score.
     again = evaluate.evaluate(evaluate.OnnxPredictor(output), root / 'eval')

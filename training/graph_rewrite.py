@@ -1,0 +1,228 @@
+"""
+Exact rewrites of an exported ONNX graph that ONNX Runtime runs faster on the CPU. No TensorFlow.
+
+tf2onnx writes the FCN as Keras built it. Two patterns in it are slow in ONNX Runtime 1.32:
+
+- **A channel concatenation feeding a separable convolution** (every decoder block). In the
+  NHWC layout ONNX Runtime uses, concatenating channels copies a few bytes per pixel, and the
+  int8 version requantizes them; at 224x224 the last one was the most expensive node of the
+  int8 model. A depthwise convolution works on each channel alone and a 1x1 convolution is a
+  sum over channels, so `pw(dw(concat(a, b)))` equals `pw_a(dw_a(a)) + pw_b(dw_b(b))`:
+  `split_concat_separable` writes it that way and the concatenation disappears.
+- **A depthwise convolution over a few channels followed by a 1x1 one** (the RGB input, in the
+  first encoder block and, after the split, in the last decoder block). Three-channel depthwise
+  kernels run far below a dense kernel's speed; `fold_thin_separable` writes the pair as one
+  dense convolution with weights `w_pw[o, c] * w_dw[c]`.
+
+Both are algebra, not approximations: export checks the rewritten graph against Keras on real
+frames like any other. Measured on the shipped 224x224 model in docs/training.md.
+"""
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# The RGB input; wider depthwise layers are fast enough as they are.
+THIN_CHANNELS = 4
+
+
+def speed_up(model: onnx.ModelProto) -> dict:
+    """Apply every rewrite in place; return how often each one applied."""
+    counts = {'split_concat_separable': split_concat_separable(model),
+              'fold_thin_separable': fold_thin_separable(model)}
+    onnx.checker.check_model(model)
+    return counts
+
+
+def split_concat_separable(model: onnx.ModelProto) -> int:
+    """Replace Concat(channels) -> depthwise Conv -> 1x1 Conv by one branch per input + Add."""
+    graph = _Graph(model)
+    channels = _channel_counts(model)
+    done = 0
+    for concat in list(model.graph.node):
+        if concat.op_type != 'Concat' or _attr(concat, 'axis') != 1:
+            continue
+        pair = graph.separable_after(concat)
+        if pair is None:
+            continue
+        parts = [channels.get(name) for name in concat.input]
+        depthwise, pointwise = pair
+        w_dw = graph.weight(depthwise)
+        if None in parts or sum(parts) != w_dw.shape[0]:
+            continue
+        w_pw, b_dw = graph.weight(pointwise), graph.bias(depthwise)
+        branches = []
+        bounds = [0, *itertools.accumulate(parts)]
+        for k, (source, lo, hi) in enumerate(zip(concat.input, bounds, bounds[1:])):
+            dw_inputs = [source, graph.constant(w_dw[lo:hi], depthwise.name)]
+            if b_dw is not None:
+                dw_inputs.append(graph.constant(b_dw[lo:hi], depthwise.name))
+            dw_out = graph.fresh(f'{depthwise.name}_part{k}')
+            pw_inputs = [dw_out, graph.constant(w_pw[:, lo:hi], pointwise.name)]
+            if k == 0 and len(pointwise.input) > 2:  # the bias, once
+                pw_inputs.append(pointwise.input[2])
+            pw_out = graph.fresh(f'{pointwise.name}_part{k}')
+            graph.insert_before(pointwise, [
+                _like(depthwise, dw_inputs, dw_out, group=hi - lo),
+                _like(pointwise, pw_inputs, pw_out)])
+            branches.append(pw_out)
+        total = branches[0]
+        for k, branch in enumerate(branches[1:], 1):
+            out = pointwise.output[0] if k == len(branches) - 1 else graph.fresh(
+                f'{pointwise.name}_sum{k}')
+            graph.insert_before(pointwise, [helper.make_node(
+                'Add', [total, branch], [out], name=graph.fresh(f'{pointwise.name}_sum{k}'))])
+            total = out
+        graph.remove([concat, depthwise, pointwise])
+        done += 1
+    graph.drop_unused_constants()
+    return done
+
+
+def fold_thin_separable(model: onnx.ModelProto, max_channels=THIN_CHANNELS) -> int:
+    """Replace a depthwise Conv over <= max_channels + a 1x1 Conv by one dense Conv."""
+    graph = _Graph(model)
+    done = 0
+    for depthwise in list(model.graph.node):
+        pair = graph.separable_after(depthwise, first_is_depthwise=True)
+        if pair is None:
+            continue
+        w_dw = graph.weight(depthwise)
+        if w_dw.shape[0] > max_channels:
+            continue
+        pointwise = pair[1]
+        w_pw = graph.weight(pointwise)[:, :, 0, 0]                     # (out, in)
+        weight = w_pw[:, :, None, None] * w_dw[:, 0][None]             # (out, in, kh, kw)
+        bias = graph.bias(pointwise)
+        b_dw = graph.bias(depthwise)
+        if b_dw is not None:
+            bias = (0 if bias is None else bias) + w_pw @ b_dw
+        inputs = [depthwise.input[0], graph.constant(weight, pointwise.name)]
+        if bias is not None:
+            inputs.append(graph.constant(np.asarray(bias, w_dw.dtype), pointwise.name))
+        graph.insert_before(pointwise, [_like(depthwise, inputs, pointwise.output[0], group=1,
+                                              name=graph.fresh(f'{pointwise.name}_folded'))])
+        graph.remove([depthwise, pointwise])
+        done += 1
+    graph.drop_unused_constants()
+    return done
+
+
+class _Graph:
+    """Just enough bookkeeping over a GraphProto to find, insert and remove nodes."""
+
+    def __init__(self, model):
+        self.graph = model.graph
+        self.constants = {init.name: init for init in self.graph.initializer}
+        self.outputs = {out.name for out in self.graph.output}
+        self.names = set(self.constants) | {n.name for n in self.graph.node} | {
+            out for n in self.graph.node for out in n.output}
+
+    def consumers(self, tensor):
+        return [n for n in self.graph.node if tensor in n.input]
+
+    def only_consumer(self, node):
+        """Return the one node reading node's output; None if several, none or a graph output."""
+        if len(node.output) != 1 or node.output[0] in self.outputs:
+            return None
+        readers = self.consumers(node.output[0])
+        return readers[0] if len(readers) == 1 else None
+
+    def separable_after(self, node, first_is_depthwise=False):
+        """(depthwise, pointwise) Convs reading node's output (or starting at node), else None."""
+        depthwise = node if first_is_depthwise else self.only_consumer(node)
+        if not self._is_depthwise(depthwise):
+            return None
+        pointwise = self.only_consumer(depthwise)
+        if not self._is_pointwise(pointwise):
+            return None
+        return depthwise, pointwise
+
+    def _is_depthwise(self, node):
+        if node is None or node.op_type != 'Conv' or not self._constant_inputs(node):
+            return False
+        weight = self.weight(node)
+        return (weight.ndim == 4 and weight.shape[1] == 1
+                and _attr(node, 'group') == weight.shape[0])
+
+    def _is_pointwise(self, node):
+        if node is None or node.op_type != 'Conv' or not self._constant_inputs(node):
+            return False
+        weight = self.weight(node)
+        return (weight.ndim == 4 and weight.shape[2:] == (1, 1) and _attr(node, 'group', 1) == 1
+                and set(_attr(node, 'strides', [1, 1])) == {1}
+                and set(_attr(node, 'pads', [0, 0, 0, 0])) == {0})
+
+    def _constant_inputs(self, node):
+        return all(name in self.constants for name in node.input[1:])
+
+    def weight(self, node):
+        return numpy_helper.to_array(self.constants[node.input[1]])
+
+    def bias(self, node):
+        if len(node.input) < 3:
+            return None
+        return numpy_helper.to_array(self.constants[node.input[2]])
+
+    def fresh(self, base):
+        """Return a node or tensor name not used yet, starting with base."""
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f'{base}_{k}'
+        self.names.add(name)
+        return name
+
+    def constant(self, array, base):
+        tensor = numpy_helper.from_array(np.ascontiguousarray(array), self.fresh(f'{base}_w'))
+        self.graph.initializer.append(tensor)
+        self.constants[tensor.name] = tensor
+        return tensor.name
+
+    def insert_before(self, anchor, nodes):
+        index = list(self.graph.node).index(anchor)
+        for offset, node in enumerate(nodes):
+            self.graph.node.insert(index + offset, node)
+
+    def remove(self, nodes):
+        for node in nodes:
+            self.graph.node.remove(node)
+
+    def drop_unused_constants(self):
+        used = {name for node in self.graph.node for name in node.input}
+        unused = [init for init in self.graph.initializer if init.name not in used]
+        for init in unused:
+            self.graph.initializer.remove(init)
+            del self.constants[init.name]
+
+
+def _attr(node, name, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _like(conv, inputs, output, group=None, name=None):
+    """Make a Conv with conv's attributes (strides, pads, ...), new inputs and output."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if group is not None:
+        attributes['group'] = group
+    return helper.make_node('Conv', inputs, [output], name=name or output, **attributes)
+
+
+def _channel_counts(model):
+    """Tensor name -> size of dim 1 (channels, NCHW) where shape inference knows it."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    counts = {}
+    for info in itertools.chain(inferred.graph.input, inferred.graph.value_info,
+                                inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].HasField('dim_value'):
+            counts[info.name] = dims[1].dim_value
+    for init in model.graph.initializer:
+        if len(init.dims) >= 2:
+            counts[init.name] = init.dims[1]
+    return counts
