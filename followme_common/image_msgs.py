@@ -6,6 +6,7 @@ Humble/Jazzy builds break under numpy 2. This module only needs the message's fi
 works with real rclpy messages, rosbags messages and plain objects alike.
 """
 
+import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,12 @@ def fill_image(msg, pixels: np.ndarray, encoding: str):
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = msg.width * enc.channels * enc.dtype.itemsize
-    msg.data = pixels.tobytes()
+    # An array.array('B') is what the generated setter keeps as it is; bytes would be copied
+    # twice, and with ROS_PYTHON_CHECK_FIELDS=1 checked byte by byte in Python (75 ms for a
+    # 640x480 rgb8 frame).
+    data = array.array('B')
+    data.frombytes(memoryview(pixels).cast('B'))
+    msg.data = data
     return msg
 
 

@@ -56,11 +56,15 @@ def test_data_containers_from_rclpy_rosbags_and_lists(data_type):
     np.testing.assert_array_equal(image_to_rgb(raw(RGB, 'rgb8', 1, data_type=data_type)), RGB)
 
 
-def test_real_rclpy_message_round_trip():
+@pytest.mark.parametrize('check_fields', [False, True])
+def test_real_rclpy_message_round_trip(check_fields):
     sensor_msgs = pytest.importorskip('sensor_msgs.msg')
-    msg = fill_image(sensor_msgs.Image(), RGB, 'rgb8')
+    # check_fields is what ROS_PYTHON_CHECK_FIELDS=1 turns on for every message.
+    msg = fill_image(sensor_msgs.Image(check_fields=check_fields), RGB, 'rgb8')
     assert (msg.height, msg.width, msg.step, msg.is_bigendian) == (4, 5, 15, 0)
     np.testing.assert_array_equal(image_to_array(msg), RGB)
+    # The type the generated setter takes as it is; bytes would be checked one by one.
+    assert isinstance(fill_image(SimpleNamespace(), RGB, 'rgb8').data, array.array)
 
 
 def test_depth_32fc1_is_metres_and_no_readings_become_nan():
