@@ -86,20 +86,15 @@ def node_model_architecture(path) -> dict:
 def export_random_weights_model(folder, architecture=None):
     """Build the FCN (training.model; classic by default), random weights, export to ONNX."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    import tensorflow as tf
-    import tf2onnx
+    from training.export import convert, set_metadata
     from training.model import build_model, ModelConfig
     config = ModelConfig.from_dict(architecture or {})
     model = build_model(config)
-    spec = (tf.TensorSpec((None, *config.input_size, 3), tf.float32, name='image'),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
-    metadata = {'followme.input_size': '%d,%d' % config.input_size,
-                'followme.input_scale': repr(1 / 127.5), 'followme.input_offset': '-1.0',
-                'followme.classes': 'background,others,hero',
-                'followme.training_data': 'none (random weights, for timing only)'}
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    proto = convert(model, config.input_size)  # as training.export writes it, graph rewrites too
+    set_metadata(proto, {'followme.input_size': '%d,%d' % config.input_size,
+                         'followme.input_scale': repr(1 / 127.5), 'followme.input_offset': '-1.0',
+                         'followme.classes': 'background,others,hero',
+                         'followme.training_data': 'none (random weights, for timing only)'})
     path = Path(folder) / 'classic_random.onnx'
     path.write_bytes(proto.SerializeToString())
     return model, path
@@ -280,9 +275,10 @@ def bench_stages(rig, size, count):
                      'frames between processes need config/fastdds.xml: source env.sh)',
                      timeout=5.0)
         round_trip.append((rig.arrivals[stamp] - stamp * 1e-9) * 1e3)
-    from followme_perception.node import STAGES
+    from followme_perception.node import CPU_STAGES, STAGES
     report = rig.report_after(processed + count)
     stages = {name: float(report[f'{name}_ms']) for name in STAGES}
+    stages['cpu'] = sum(float(report[f'{name}_cpu_ms']) for name in CPU_STAGES)
     stages['round_trip'] = float(np.median(round_trip))
     return stages
 
@@ -391,13 +387,17 @@ def main(argv=None):
 
 def report(stages, throughput, classic):
     from followme_perception.node import STAGES
-    print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip |')
-    print('|---|' + '---|' * (len(STAGES) + 3))
+    print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip '
+          '| node CPU beyond infer | CPU overhead / infer |')
+    print('|---|' + '---|' * (len(STAGES) + 5))
     totals = {name: sum(ms[stage] for stage in STAGES) for name, ms in stages.items()}
     for name, ms in stages.items():
         overhead = (totals[name] - ms['infer']) / ms['infer'] * 100.0
         print(f'| {name} | ' + ' | '.join(f'{ms[stage]:.2f}' for stage in STAGES)
-              + f" | {totals[name]:.2f} | {overhead:.0f} % | {ms['round_trip']:.2f} |")
+              + f" | {totals[name]:.2f} | {overhead:.0f} % | {ms['round_trip']:.2f} "
+              f"| {ms['cpu']:.2f} | {ms['cpu'] / ms['infer'] * 100.0:.0f} % |")
+    print('(overhead: wall time of every stage but inference; node CPU: the same stages, CPU '
+          "time of the node's worker thread only, without the time other processes ran)")
     print('\nthroughput: ' + ', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}'
                                        for k, v in throughput.items()))
     if classic:

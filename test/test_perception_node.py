@@ -278,6 +278,12 @@ def test_bad_images_are_counted_and_the_node_keeps_going(rig):
     assert int(values['frames_processed']) >= len(bad)
     for key in ('input_rate_hz', 'processed_rate_hz', 'frames_dropped', 'inference_ms'):
         assert float(values[key]) >= 0.0
+    # Each stage but inference also in the worker's CPU time, which cannot exceed its wall time.
+    timings = node.frame_timings()
+    for stage in ('convert', 'preprocess', 'postprocess', 'publish'):
+        assert float(values[f'{stage}_cpu_ms']) >= 0.0
+        for wall, cpu in zip(timings[stage], timings[f'{stage}_cpu']):
+            assert 0.0 <= cpu <= wall + 0.05  # 50 us: the two clocks' granularity
 
 
 def test_bad_depth_and_camera_info_fall_back_and_are_counted(rig):
