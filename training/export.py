@@ -165,7 +165,7 @@ def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds) -> dict:
 
 def describe_timing(timing) -> str:
     """'fastest of 3 rounds of 100; round medians 6.8-10.9 ms; other work used 2 % ...'."""
-    medians = timing.get('round_medians_ms') or [timing['median_ms']]
+    medians = timing['round_medians_ms']
     rounds = len(medians)
     spread = (f'round medians {min(medians):.2f}-{max(medians):.2f} ms' if rounds > 1
               else 'one round')

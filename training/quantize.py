@@ -116,7 +116,7 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
         lines.append(f"| final IoU / weight | {float_report['final_iou']:.4f} / "
                      f"{float_report['weight']:.4f} | {int8_report['final_iou']:.4f} / "
                      f"{int8_report['weight']:.4f} |")
-    lines.append('| ONNX Runtime ms per frame, median (p90), same run | '
+    lines.append('| ONNX Runtime ms per frame, median (p90), one after the other | '
                  f"{float_timing['median_ms']:.2f} ({float_timing['p90_ms']:.2f}) | "
                  f"{int8_timing['median_ms']:.2f} ({int8_timing['p90_ms']:.2f}) |")
     lines += ['', "Pixels where int8 picks the float model's class (validation frames): "
