@@ -95,12 +95,12 @@ def fold_thin_separable(model: onnx.ModelProto, max_channels=THIN_CHANNELS) -> i
         pointwise = pair[1]
         w_pw = graph.weight(pointwise)[:, :, 0, 0]                     # (out, in)
         weight = w_pw[:, :, None, None] * w_dw[:, 0][None]             # (out, in, kh, kw)
-        bias = graph.bias(pointwise)
-        b_dw = graph.bias(depthwise)
-        if b_dw is not None:
-            bias = (0 if bias is None else bias) + w_pw @ b_dw
         inputs = [depthwise.input[0], graph.constant(weight, pointwise.name)]
-        if bias is not None:
+        b_dw = graph.bias(depthwise)
+        if b_dw is None:
+            inputs += pointwise.input[2:]  # the pointwise bias, if any, as it is
+        else:
+            bias = w_pw @ b_dw + (0 if len(pointwise.input) < 3 else graph.bias(pointwise))
             inputs.append(graph.constant(np.asarray(bias, w_dw.dtype), pointwise.name))
         graph.insert_before(pointwise, [_like(depthwise, inputs, pointwise.output[0], group=1,
                                               name=graph.fresh(f'{pointwise.name}_folded'))])
