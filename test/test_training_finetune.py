@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from test_training_data import write_classic_set
 from training import train
 from training.model import build_model, ModelConfig
@@ -47,11 +48,22 @@ def test_missing_init_weights_is_a_clear_error(tmp_path):
                     tmp_path / 'runs', 'broken')
 
 
+def start_run(folder, model=TINY_MODEL):
+    """A run folder as training leaves it, as far as a fine-tune reads it."""
+    folder.mkdir()
+    (folder / 'config.yaml').write_text(yaml.safe_dump({'model': model}))
+    keras_model = build_model(ModelConfig.from_dict(model))
+    rng = np.random.default_rng(7)
+    for weight in keras_model.weights:  # no two alike, none at an initialiser's value
+        weight.assign(rng.uniform(0.5, 1.5, tuple(weight.shape)).astype('float32'))
+    keras_model.save_weights(folder / 'best.weights.h5')
+    return folder / 'best.weights.h5'
+
+
 def test_partial_init_loads_what_fits_and_names_the_rest(tmp_path):
-    start = tmp_path / 'start.weights.h5'
-    build_model(ModelConfig.from_dict(TINY_MODEL)).save_weights(start)
+    start = start_run(tmp_path / 'start')
     slim = {**TINY_MODEL, 'decoder_filters': [8, 2]}  # the last decoder block is narrower
-    config = tiny_config(tmp_path, learning_rate=0.0, init_weights=str(start),
+    config = tiny_config(tmp_path, learning_rate=0.0, init_weights=str(start.parent),
                          init_partial=True)
     config['model'] = slim
     run_dir = train.train(config, tmp_path / 'runs', 'partial')
@@ -70,6 +82,37 @@ def test_partial_init_loads_what_fits_and_names_the_rest(tmp_path):
     for weight in result.weights:
         if weight.path in report['loaded']:
             np.testing.assert_array_equal(weight.numpy(), want[weight.path])
+
+
+def test_partial_init_matches_layers_by_name_when_a_layer_is_added(tmp_path):
+    # Keras keys weights files by layer type and position: an extra Conv2D before the last
+    # upsampling would hand its weights on to the wrong layers. Matching by name must not.
+    start = start_run(tmp_path / 'start')
+    wider = {**TINY_MODEL, 'decoder_reduce': [0, 4]}
+    model = build_model(ModelConfig.from_dict(wider))
+    report = train.load_init_weights(model, start, partial=True)
+    assert 'decoder2_reduce/kernel' in report['unchanged']
+    assert 'decoder2_1_sepconv/depthwise_kernel' in report['unchanged']  # 4 + 3 channels now
+    assert 'classes/kernel' in report['loaded']
+    original = build_model(ModelConfig.from_dict(TINY_MODEL))
+    original.load_weights(start)
+    want = {w.path: w.numpy() for w in original.weights}
+    for weight in model.weights:  # moving statistics included
+        if weight.path.split('/')[0] not in ('decoder2_reduce', 'decoder2_reduce_bn',
+                                             'decoder2_1_sepconv'):
+            np.testing.assert_array_equal(weight.numpy(), want[weight.path], err_msg=weight.path)
+    # The added layers keep their initial values (a positional load would fill them).
+    reduce_bn = model.get_layer('decoder2_reduce_bn')
+    np.testing.assert_array_equal(reduce_bn.moving_variance.numpy(), 1.0)
+    np.testing.assert_array_equal(reduce_bn.gamma.numpy(), 1.0)
+
+
+def test_partial_init_without_the_run_config_says_what_it_needs(tmp_path):
+    start = tmp_path / 'start.weights.h5'
+    build_model(ModelConfig.from_dict(TINY_MODEL)).save_weights(start)
+    model = build_model(ModelConfig.from_dict({**TINY_MODEL, 'decoder_filters': [8, 2]}))
+    with pytest.raises(train.ConfigError, match='init_partial needs .*config.yaml'):
+        train.load_init_weights(model, start, partial=True)
 
 
 def test_a_start_that_does_not_fit_says_how_to_load_part_of_it(tmp_path):

@@ -5,6 +5,9 @@ Classic defaults: three encoder blocks (3x3 separable conv, stride 2, batch norm
 32/64/128 filters, a 1x1 conv + batch norm, three decoder blocks (bilinear x2 upsampling,
 concatenation with the matching encoder output, the last one with the input, separable convs
 + batch norm) and a 1x1 softmax over the 3 classes. Input: RGB scaled to [-1, 1].
+Beyond the classic: the number of separable convs per decoder block, and an optional 1x1
+convolution that narrows a block's input before its upsampling (upsampling and the depthwise
+convolution after it cost per channel at the higher resolution).
 Only keras.layers / keras.ops are used, so the model also runs on the JAX backend.
 """
 
@@ -22,7 +25,9 @@ class ModelConfig:
     bottleneck_filters: int = 128           # the 1x1 convolution
     decoder_filters: tuple = ()             # default: encoder_filters reversed
     kernel_size: int = 3
-    decoder_convs: int = 2                  # separable convs per decoder block
+    decoder_convs: object = 2               # separable convs per decoder block: int or one each
+    decoder_reduce: tuple = ()              # per decoder block: 1x1 to this many channels
+                                            # before the upsampling (0: none); default none
 
     @classmethod
     def from_dict(cls, values):
@@ -31,9 +36,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(cls.__dataclass_fields__)})")
-        for key in ('input_size', 'encoder_filters', 'decoder_filters'):
+        for key in ('input_size', 'encoder_filters', 'decoder_filters', 'decoder_reduce'):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
+        convs = values.get('decoder_convs')
+        if isinstance(convs, (list, tuple)):
+            values['decoder_convs'] = tuple(int(v) for v in convs)
         config = cls(**values)
         config.validate()
         return config
@@ -41,6 +49,16 @@ class ModelConfig:
     @property
     def decoder(self) -> tuple:
         return self.decoder_filters or tuple(reversed(self.encoder_filters))
+
+    @property
+    def convs_per_block(self) -> tuple:
+        if isinstance(self.decoder_convs, tuple):
+            return self.decoder_convs
+        return (self.decoder_convs,) * len(self.decoder)
+
+    @property
+    def reduce_per_block(self) -> tuple:
+        return self.decoder_reduce or (0,) * len(self.decoder)
 
     def validate(self):
         depth = len(self.encoder_filters)
@@ -50,6 +68,16 @@ class ModelConfig:
         if len(self.input_size) != 2 or any(s % (2 ** depth) for s in self.input_size):
             raise ValueError(f'input_size {self.input_size} must be (H, W), each a multiple '
                              f'of 2 ** depth = {2 ** depth}')
+        for key, values in (('decoder_convs', self.convs_per_block),
+                            ('decoder_reduce', self.reduce_per_block)):
+            if len(values) != depth:
+                raise ValueError(f'{key} needs one value per decoder block ({depth}), got '
+                                 f'{list(values)}')
+        if any(c < 1 for c in self.convs_per_block):
+            raise ValueError(f'decoder_convs must be at least 1, got {self.decoder_convs}')
+        if any(r < 0 for r in self.reduce_per_block):
+            raise ValueError(f'decoder_reduce must be 0 (none) or positive, got '
+                             f'{list(self.decoder_reduce)}')
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f'kernel_size must be odd and positive, got {self.kernel_size}')
 
@@ -89,10 +117,15 @@ def build_model(config: ModelConfig = ModelConfig(), name='followme_fcn') -> ker
     x = keras.layers.BatchNormalization(name='bottleneck_bn')(x)
     x = keras.layers.ReLU(name='bottleneck_relu')(x)
     skips.pop()  # the deepest encoder output feeds the bottleneck, not a skip
-    for i, filters in enumerate(config.decoder):
+    blocks = zip(config.decoder, config.convs_per_block, config.reduce_per_block)
+    for i, (filters, convs, reduce) in enumerate(blocks):
+        if reduce:
+            x = keras.layers.Conv2D(reduce, 1, use_bias=False, name=f'decoder{i + 1}_reduce')(x)
+            x = keras.layers.BatchNormalization(name=f'decoder{i + 1}_reduce_bn')(x)
+            x = keras.layers.ReLU(name=f'decoder{i + 1}_reduce_relu')(x)
         x = BilinearUpsample2x(name=f'decoder{i + 1}_up')(x)
         x = keras.layers.Concatenate(name=f'decoder{i + 1}_concat')([x, skips.pop()])
-        for j in range(config.decoder_convs):
+        for j in range(convs):
             x = _separable_bn(x, filters, config.kernel_size, 1, f'decoder{i + 1}_{j + 1}')
     outputs = keras.layers.Conv2D(NUM_CLASSES, 1, activation='softmax', name='classes')(x)
     return keras.Model(inputs, outputs, name=name)

@@ -285,23 +285,30 @@ def resolve_init_weights(path) -> Path:
 
 def load_init_weights(model, path: Path, partial: bool) -> dict:
     """
-    Load a fine-tune's starting weights; with `partial`, only those whose shapes fit.
+    Load a fine-tune's starting weights; with `partial`, only the layers that fit, by name.
 
-    A partial start lets a changed architecture (say, a narrower decoder) keep everything it
-    shares with a trained model. Returns which variables were loaded and which were not.
+    A partial start lets a changed architecture (say, a narrower decoder, or a layer more)
+    keep everything it shares with a trained model. Keras keys a weights file by layer type
+    and position, not by layer name, so an added layer would shift every later one; a partial
+    start therefore rebuilds the model the weights came from (from the `config.yaml` of their
+    run folder) and copies each layer whose name and shapes match. Returns which variables
+    were loaded and which were not.
     """
     import keras
     import numpy as np
     values = keras.ops.convert_to_numpy
     trainable = [w for w in model.weights if w.trainable]
     before = [values(w) for w in trainable]
-    try:
-        model.load_weights(path, skip_mismatch=partial)
-    except ValueError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f'train.init_weights: {path} does not fit this model ({first_line}); '
-                          'set train.init_partial: true to load only the weights that fit'
-                          ) from None
+    if partial:
+        _copy_matching_layers(_source_model(path), model)
+    else:
+        try:
+            model.load_weights(path)
+        except ValueError as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError(f'train.init_weights: {path} does not fit this model '
+                              f'({first_line}); set train.init_partial: true to load only the '
+                              'layers that fit') from None
     # Variables the file left as initialised: new, or their shape differs from the file's (or,
     # in principle, trained to exactly their initial value).
     unchanged = [w.path for w, old in zip(trainable, before) if np.array_equal(old, values(w))]
@@ -309,6 +316,33 @@ def load_init_weights(model, path: Path, partial: bool) -> dict:
     print(f'init weights {path}: {len(loaded)} of {len(trainable)} trainable variables loaded'
           + (f", unchanged: {', '.join(unchanged)}" if unchanged else ''), flush=True)
     return {'weights': str(path), 'partial': partial, 'unchanged': unchanged, 'loaded': loaded}
+
+
+def _source_model(weights: Path):
+    """The model a weights file was saved from, rebuilt from its run's config.yaml."""
+    import yaml
+
+    from training.model import build_model, ModelConfig
+    config_file = weights.parent / 'config.yaml'
+    if not config_file.is_file():
+        raise ConfigError(f'train.init_partial needs {config_file}: the architecture of the run '
+                          f'that wrote {weights.name} names its layers. Give that run folder '
+                          'as train.init_weights')
+    model_settings = (yaml.safe_load(config_file.read_text()) or {}).get('model')
+    source = build_model(ModelConfig.from_dict(model_settings))
+    source.load_weights(weights)
+    return source
+
+
+def _copy_matching_layers(source, target):
+    """Copy every layer's weights from source to the target layer of the same name and shapes."""
+    by_name = {layer.name: layer for layer in source.layers if layer.weights}
+    for layer in target.layers:
+        match = by_name.get(layer.name)
+        if match is None or not layer.weights:
+            continue
+        if [tuple(w.shape) for w in layer.weights] == [tuple(w.shape) for w in match.weights]:
+            layer.set_weights(match.get_weights())
 
 
 def distribution_strategy():
