@@ -319,7 +319,7 @@ def load_init_weights(model, path: Path, partial: bool) -> dict:
 
 
 def _source_model(weights: Path):
-    """The model a weights file was saved from, rebuilt from its run's config.yaml."""
+    """Rebuild the model a weights file was saved from, from its run's config.yaml."""
     import yaml
 
     from training.model import build_model, ModelConfig
