@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from test_training_data import write_classic_set
 from training import train
 from training.model import build_model, ModelConfig
+import yaml
 
 TINY_MODEL = {'input_size': [32, 32], 'encoder_filters': [4, 8], 'bottleneck_filters': 8,
               'decoder_convs': 1}
@@ -49,7 +49,7 @@ def test_missing_init_weights_is_a_clear_error(tmp_path):
 
 
 def start_run(folder, model=TINY_MODEL):
-    """A run folder as training leaves it, as far as a fine-tune reads it."""
+    """Write a run folder as training leaves it, as far as a fine-tune reads it."""
     folder.mkdir()
     (folder / 'config.yaml').write_text(yaml.safe_dump({'model': model}))
     keras_model = build_model(ModelConfig.from_dict(model))
