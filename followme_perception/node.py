@@ -60,6 +60,9 @@ PARAMETERS = {
     'inter_op_threads': (0, _int('ONNX Runtime threads across operators (0: its default)',
                                  0, 256, read_only=True)),
     'warmup_runs': (3, _int('inferences on a blank frame at start-up', 0, 100, read_only=True)),
+    'flip_average': (False, _text(
+        'average the network output on each frame and on its mirror image (test-time flip): '
+        'classic score 0.468 -> 0.477 with the shipped model, at twice the inference time')),
     'qos_reliability': ('best_effort', _text(
         "camera subscriptions' reliability: best_effort or reliable")),
     'qos_depth': (1, _int("camera subscriptions' history depth (keep last N)", 1, 100,
@@ -101,7 +104,8 @@ class PerceptionNode(Node):
             model_path, self.get_parameter('providers').value,
             self.get_parameter('intra_op_threads').value,
             self.get_parameter('inter_op_threads').value,
-            self.get_parameter('warmup_runs').value)
+            self.get_parameter('warmup_runs').value,
+            self.get_parameter('flip_average').value)
         info = self.segmenter.info
         self.get_logger().info(
             f'model {info.path} (input {info.height}x{info.width}, classes '

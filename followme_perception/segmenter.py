@@ -105,7 +105,7 @@ class Segmenter:
     """An ONNX Runtime session that turns an RGB frame into class ids and hero probabilities."""
 
     def __init__(self, model_path, providers=DEFAULT_PROVIDERS, intra_op_threads=0,
-                 inter_op_threads=0, warmup_runs=2):
+                 inter_op_threads=0, warmup_runs=2, flip_average=False):
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f'model file {path} not found; {_HOW_TO_FIX}')
@@ -135,6 +135,9 @@ class Segmenter:
         self._identity_order = bool(np.all(self._channel_to_id == np.arange(3)))
         self._scale = np.float32(self.info.scale)
         self._offset = np.float32(self.info.offset)
+        # Average with the output on the mirrored frame (test-time flip): a little more
+        # accurate, twice the inference.
+        self.flip_average = bool(flip_average)
         self._warm_up(warmup_runs)
 
     @property
@@ -159,7 +162,12 @@ class Segmenter:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(1, h, w, 3) network input -> (h, w, C) probabilities, channels in model order."""
-        return self.session.run(None, {self.info.input_name: batch})[0][0]
+        probs = self.session.run(None, {self.info.input_name: batch})[0][0]
+        if self.flip_average:
+            mirrored = np.ascontiguousarray(batch[:, :, ::-1])
+            probs += self.session.run(None, {self.info.input_name: mirrored})[0][0][:, ::-1]
+            probs *= np.float32(0.5)
+        return probs
 
     def postprocess(self, probs: np.ndarray, size) -> Segmentation:
         """Probabilities at network size -> class ids at `size` (H, W), hero probability."""

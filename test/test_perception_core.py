@@ -3,6 +3,7 @@
 import math
 
 import cv2
+from followme_common import paths
 from followme_perception.detection import (FIELDS, HeroDetection, INDEX, IntrinsicsSource,
                                            RangeSource)
 from followme_perception.hero import HeroLocator, Intrinsics
@@ -33,6 +34,17 @@ def test_metadata_sets_size_normalisation_and_classes(model):
     batch = segmenter.preprocess(rgb)
     assert batch.shape == (1, 48, 64, 3) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0], rgb * CLASSIC_SCALE + CLASSIC_OFFSET, atol=1e-6)
+
+
+def test_flip_average_is_the_mean_of_the_frame_and_its_mirror():
+    shipped = paths.default_model_file()  # a real network: not mirror-symmetric
+    plain = Segmenter(shipped, warmup_runs=0)
+    averaged = Segmenter(shipped, warmup_runs=0, flip_average=True)
+    batch = plain.preprocess(scene()[0])
+    direct = plain.infer(batch.copy())
+    mirrored = plain.infer(np.ascontiguousarray(batch[:, :, ::-1]))[:, ::-1]
+    assert not np.allclose(direct, mirrored, atol=1e-3)  # so the test can tell
+    np.testing.assert_allclose(averaged.infer(batch), (direct + mirrored) / 2, atol=1e-6)
 
 
 def test_segment_matches_onnx_runtime_run_directly(model):

@@ -10,12 +10,12 @@ import itertools
 import math
 import uuid
 
-from conftest import DATA, spin_until
+from conftest import DATA, REPO, spin_until
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from followme_common.image_msgs import fill_image, image_to_array
 from followme_perception.detection import HeroDetection, RangeSource
-from followme_perception.node import PerceptionNode
+from followme_perception.node import PARAMETERS, PerceptionNode
 from followme_perception.segmenter import ModelError
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -29,6 +29,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64MultiArray
 from visualization_msgs.msg import Marker
+import yaml
 
 NET_SIZE = (48, 64)    # the model's input (H, W); frames are 240x320, 5x larger
 K = (200.0, 0.0, 160.0, 0.0, 200.0, 120.0, 0.0, 0.0, 1.0)
@@ -361,6 +362,18 @@ def test_bad_parameters_are_refused_with_a_reason(executor, model_file):
     assert not node.set_parameters([Parameter('min_hero_pixels', value=0)])[0].successful
     assert node.set_parameters([Parameter('min_hero_pixels', value=500)])[0].successful
     assert node.locator.min_pixels == 500
+
+
+def test_the_config_file_section_matches_the_declared_parameters(executor, model_file):
+    config = yaml.safe_load((REPO / 'config' / 'followme.yaml').read_text())
+    values = config['/**/perception_node']['ros__parameters']
+    assert set(values) == set(PARAMETERS)
+    assert values == {name: default for name, (default, _) in PARAMETERS.items()}
+    values.update(model_path=str(model_file), flip_average=True, warmup_runs=0)
+    node = PerceptionNode(namespace='/config', parameter_overrides=[
+        Parameter(name, value=value) for name, value in values.items()])
+    executor.add_node(node)
+    assert node.segmenter.flip_average
 
 
 def _values(diagnostic_array):

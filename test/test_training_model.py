@@ -224,3 +224,19 @@ def test_raw_import_names_an_incomplete_frame(tmp_path):
     (tmp_path / 'raw' / 'cam3_00000.png').unlink()
     with pytest.raises(DataError, match='lacks the hero camera'):
         raw_import.group_frames(tmp_path / 'raw')
+
+
+def test_evaluate_flip_average_averages_each_frame_with_its_mirror(tiny_run, tmp_path):
+    run_dir, root = tiny_run
+    eval_root = root / 'eval_flip'
+    write_eval_sets(eval_root)
+    plain = evaluate.load_predictor(run_dir)
+    averaged = evaluate.load_predictor(run_dir, flip_average=True)
+    images = materialize(find_pairs(eval_root / 'following_images'), (32, 32)).images
+    direct, mirrored = plain(images), plain(np.ascontiguousarray(images[:, :, ::-1]))
+    assert not np.allclose(direct, mirrored[:, :, ::-1], atol=1e-3)  # the test can tell
+    np.testing.assert_allclose(averaged(images), (direct + mirrored[:, :, ::-1]) / 2,
+                               atol=1e-6)
+    evaluate.main(['--model', str(run_dir), '--data', str(eval_root), '--output',
+                   str(tmp_path / 'out'), '--grid-frames', '0', '--flip-average'])
+    assert json.loads((tmp_path / 'out' / 'report.json').read_text())['flip_average'] is True

@@ -78,9 +78,23 @@ class KerasPredictor:
         return np.asarray(self.model.predict_on_batch(to_model_input(images_uint8)))
 
 
-def load_predictor(path):
+class FlipAveraged:
+    """A predictor whose output is averaged with its output on the mirrored frames."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.path, self.input_size = predictor.path, predictor.input_size
+        self.metadata = predictor.metadata
+
+    def __call__(self, images_uint8):
+        mirrored = self.predictor(np.ascontiguousarray(images_uint8[:, :, ::-1]))
+        return (self.predictor(images_uint8) + mirrored[:, :, ::-1]) * np.float32(0.5)
+
+
+def load_predictor(path, flip_average=False):
     path = Path(path)
-    return OnnxPredictor(path) if path.suffix == '.onnx' else KerasPredictor(path)
+    predictor = OnnxPredictor(path) if path.suffix == '.onnx' else KerasPredictor(path)
+    return FlipAveraged(predictor) if flip_average else predictor
 
 
 def predict_all(predictor, images, batch_size=32, desc='predicting'):
@@ -161,6 +175,7 @@ def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32
     report['model'] = str(predictor.path)
     report['data'] = str(data_root)
     report['input_size'] = list(predictor.input_size)
+    report['flip_average'] = isinstance(predictor, FlipAveraged)
     if output_dir is not None:
         plot_hero_size(frames_with_size, output_dir / 'hero_iou_vs_size.png')
         (output_dir / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
@@ -169,7 +184,8 @@ def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32
 
 def format_report(report) -> str:
     lines = [f"final score {report['final_score']:.4f} = final IoU "
-             f"{report['final_iou']:.4f} x weight {report['weight']:.4f}"]
+             f"{report['final_iou']:.4f} x weight {report['weight']:.4f}"
+             + (' (flip-averaged)' if report.get('flip_average') else '')]
     for name, summary in report['sets'].items():
         lines.append(f"  {name:18s} frames {summary['frames']:4d}  hero IoU "
                      f"{summary['iou']['hero']:.4f}  TP {summary['true_positives']:4d}  "
@@ -200,11 +216,14 @@ def main(argv=None):
     parser.add_argument('--grid-frames', type=int, default=8,
                         help='frames per set in the PNG grids (default: %(default)s)')
     parser.add_argument('--batch-size', type=int, default=32, help='default: %(default)s')
+    parser.add_argument('--flip-average', action='store_true',
+                        help="average each frame's prediction with that of its mirror image, "
+                             "as perception_node's flip_average parameter does")
     args = parser.parse_args(argv)
     output = Path(args.output) if args.output else (
         REPO / 'training_runs' / 'eval' / f"{Path(args.model).stem}-{time.strftime('%H%M%S')}")
     try:
-        predictor = load_predictor(args.model)
+        predictor = load_predictor(args.model, args.flip_average)
         report = evaluate(predictor, args.data, output, args.grid_frames, args.batch_size)
     except (DataError, FileNotFoundError, ValueError) as err:
         parser.exit(2, f'error: {err}\n')
