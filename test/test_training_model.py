@@ -1,5 +1,6 @@
 """Model, training run, export parity, evaluation and raw import, with tiny models and data."""
 
+import dataclasses
 import json
 import math
 
@@ -29,11 +30,29 @@ def test_classic_model_shape_and_softmax():
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
 
 
+def test_decoder_blocks_can_differ_and_narrow_before_upsampling():
+    config = ModelConfig.from_dict({**TINY_MODEL, 'decoder_convs': [2, 1],
+                                    'decoder_reduce': [0, 3]})
+    model = build_model(config)
+    names = [layer.name for layer in model.layers]
+    assert 'decoder1_2_sepconv' in names and 'decoder2_2_sepconv' not in names
+    assert 'decoder1_reduce' not in names
+    assert model.get_layer('decoder2_reduce').output.shape[-1] == 3
+    assert model.get_layer('decoder2_up').output.shape[-1] == 3
+    assert model.output_shape == (None, 32, 32, 3)
+    # The metadata round trip (followme.architecture is the config as JSON).
+    assert ModelConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+
+
 @pytest.mark.parametrize('bad, message', [
     ({'input_size': [100, 100]}, 'multiple'),
     ({'kernel_size': 4}, 'odd'),
     ({'decoder_filters': [8]}, 'as many decoder'),
     ({'width': 3}, 'unknown model settings'),
+    ({'decoder_convs': [2, 1]}, 'one value per decoder block'),
+    ({'decoder_convs': [2, 2, 0]}, 'at least 1'),
+    ({'decoder_reduce': [0, 0]}, 'one value per decoder block'),
+    ({'decoder_reduce': [0, 0, -4]}, '0 \\(none\\) or positive'),
 ])
 def test_bad_model_config_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):
