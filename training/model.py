@@ -26,8 +26,8 @@ class ModelConfig:
     decoder_filters: tuple = ()             # default: encoder_filters reversed
     kernel_size: int = 3
     decoder_convs: object = 2               # separable convs per decoder block: int or one each
-    decoder_reduce: tuple = ()              # per decoder block: 1x1 to this many channels
-                                            # before the upsampling (0: none); default none
+    # Per decoder block: a 1x1 conv to this many channels before its upsampling (0: none).
+    decoder_reduce: tuple = ()
 
     @classmethod
     def from_dict(cls, values):
