@@ -21,6 +21,7 @@ def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarr
     ids, frame = class_ids[y:y + h, x:x + w], rgb[y:y + h, x:x + w]
     colours = cv2.LUT(cv2.merge([ids, ids, ids]), TINTS)
     blended = cv2.addWeighted(frame, 1.0 - alpha, colours, alpha, 0.0)
-    cv2.copyTo(frame, cv2.compare(ids, 0, cv2.CMP_EQ), blended)
+    # numpy, not cv2.compare(ids, 0): OpenCV refuses a 1x1 array against a scalar.
+    cv2.copyTo(frame, (ids == 0).view(np.uint8), blended)
     out[y:y + h, x:x + w] = blended
     return out

@@ -267,6 +267,18 @@ def test_overlay_is_the_alpha_blend_of_each_person_pixel(alpha):
     np.testing.assert_array_equal(tint(rgb, empty, alpha), rgb)
 
 
+@pytest.mark.parametrize('height, width', [(1, 1), (1, 2), (2, 1), (1, 4), (3, 3)])
+def test_overlay_of_a_person_only_a_pixel_or_two_wide(height, width):
+    # OpenCV takes a 1x1 array for a scalar in some calls: a lone person pixel once made the
+    # whole frame fail (mask, pose and all).
+    rgb = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ids = np.zeros((48, 64), np.uint8)
+    ids[10:10 + height, 20:20 + width] = 2
+    out = tint(rgb, ids, 0.5)
+    assert (out[ids == 2][:, 2] > rgb[ids == 2][:, 2]).all()
+    np.testing.assert_array_equal(out[ids == 0], rgb[ids == 0])
+
+
 def test_detection_round_trip_and_layout():
     detection = HeroDetection(stamp_sec=1_700_000_000, stamp_nanosec=999_999_999, present=1,
                               cx=10.5, cy=4.0, range_m=3.25, range_source=RangeSource.SIZE,
