@@ -62,7 +62,7 @@ PARAMETERS = {
     'warmup_runs': (3, _int('inferences on a blank frame at start-up', 0, 100, read_only=True)),
     'flip_average': (False, _text(
         'average the network output on each frame and on its mirror image (test-time flip): '
-        'classic score 0.468 -> 0.477 with the shipped model, at twice the inference time')),
+        'fewer false heroes, fewer far-away ones found, twice the inference time')),
     'qos_reliability': ('best_effort', _text(
         "camera subscriptions' reliability: best_effort or reliable")),
     'qos_depth': (1, _int("camera subscriptions' history depth (keep last N)", 1, 100,
