@@ -135,8 +135,8 @@ class Segmenter:
         self._identity_order = bool(np.all(self._channel_to_id == np.arange(3)))
         self._scale = np.float32(self.info.scale)
         self._offset = np.float32(self.info.offset)
-        # Average with the output on the mirrored frame (test-time flip): a little more
-        # accurate, twice the inference.
+        # Average with the output on the mirrored frame (test-time flip): fewer false heroes,
+        # fewer far ones (docs/training.md), twice the inference.
         self.flip_average = bool(flip_average)
         self._warm_up(warmup_runs)
 
