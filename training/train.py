@@ -320,18 +320,13 @@ def load_init_weights(model, path: Path, partial: bool) -> dict:
 
 def _source_model(weights: Path):
     """Rebuild the model a weights file was saved from, from its run's config.yaml."""
-    import yaml
-
-    from training.model import build_model, ModelConfig
+    from training.evaluate import KerasPredictor
     config_file = weights.parent / 'config.yaml'
     if not config_file.is_file():
         raise ConfigError(f'train.init_partial needs {config_file}: the architecture of the run '
                           f'that wrote {weights.name} names its layers. Give that run folder '
                           'as train.init_weights')
-    model_settings = (yaml.safe_load(config_file.read_text()) or {}).get('model')
-    source = build_model(ModelConfig.from_dict(model_settings))
-    source.load_weights(weights)
-    return source
+    return KerasPredictor(weights.parent, weights.name).model
 
 
 def _copy_matching_layers(source, target):
