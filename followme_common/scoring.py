@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CLASSES = ('background', 'others', 'hero')
+OTHERS = 1
 HERO = 2
 PROBABILITY_THRESHOLD = 0.5
 PRESENT_PIXELS = 3  # "hero present" means MORE than this many hero pixels
