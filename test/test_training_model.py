@@ -206,8 +206,14 @@ def test_evaluate_writes_report_and_grids(tiny_run, tmp_path):
     eval_root = root / 'eval_grid'
     write_eval_sets(eval_root)
     report = evaluate.evaluate(evaluate.KerasPredictor(run_dir), eval_root, tmp_path / 'out',
-                               grid_frames=3)
+                               grid_frames=3, size_sets={'val': root / 'val'})
     assert 0.0 <= report['final_score'] <= 1.0
+    # The extra set's table counts its own frames with the hero, bin by bin.
+    val_score = evaluate.score_folder(evaluate.KerasPredictor(run_dir), root / 'val')[0]
+    val_rows = report['hero_iou_by_size_other_sets']['val']
+    assert sum(row['frames'] for row in val_rows) == sum(
+        f.truth_present for f in val_score.frames) > 0
+    assert 'hero IoU by hero size (pixels at input size), val:' in evaluate.format_report(report)
     assert set(report['sets']) == set(scoring.EVAL_SETS)
     assert sum(row['frames'] for row in report['hero_iou_by_size']) == sum(
         report['sets'][name]['frames_with_hero'] for name in scoring.IOU_SETS)
@@ -259,3 +265,10 @@ def test_evaluate_flip_average_averages_each_frame_with_its_mirror(tiny_run, tmp
     evaluate.main(['--model', str(run_dir), '--data', str(eval_root), '--output',
                    str(tmp_path / 'out'), '--grid-frames', '0', '--flip-average'])
     assert json.loads((tmp_path / 'out' / 'report.json').read_text())['flip_average'] is True
+
+
+def test_evaluate_size_set_needs_name_and_folder(tiny_run, capsys):
+    run_dir, root = tiny_run
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(['--model', str(run_dir), '--size-set', str(root / 'val')])
+    assert exited.value.code == 2 and 'NAME=FOLDER' in capsys.readouterr().err

@@ -149,21 +149,34 @@ def plot_hero_size(frames, path):
     plt.close(fig)
 
 
-def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32) -> dict:
-    """Compute the classic final score on data_root/<set>/ for the three evaluation sets."""
+def score_folder(predictor, folder, batch_size=32, desc=None) -> tuple:
+    """Score every frame of one classic-layout folder: (SetScore, frames, probabilities)."""
     from training.data import find_pairs, materialize
+    desc = desc or Path(folder).name
+    frames = materialize(find_pairs(folder), predictor.input_size, f'decoding {desc}')
+    probs = predict_all(predictor, frames.images, batch_size, f'predicting {desc}')
+    result = scoring.SetScore()
+    for prob, ids in zip(probs, frames.ids):
+        result.add(scoring.score_frame(prob, ids))
+    return result, frames, probs
+
+
+def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32,
+             size_sets=None) -> dict:
+    """
+    Compute the classic final score on data_root/<set>/ for the three evaluation sets.
+
+    size_sets ({name: folder}, e.g. the train and validation sets) adds their hero IoU and
+    detection rate by hero size, to compare with the evaluation's: a gap between the train set
+    and the rest is the network learning the training scenes rather than small people.
+    """
     data_root = Path(data_root)
     sets, frames_with_size = {}, []
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
     for name in scoring.EVAL_SETS:
-        frames = materialize(find_pairs(data_root / name), predictor.input_size,
-                             f'decoding {name}')
-        probs = predict_all(predictor, frames.images, batch_size, f'predicting {name}')
-        result = scoring.SetScore()
-        for prob, ids in zip(probs, frames.ids):
-            result.add(scoring.score_frame(prob, ids))
+        result, frames, probs = score_folder(predictor, data_root / name, batch_size, name)
         sets[name] = result
         if name in scoring.IOU_SETS:
             frames_with_size.extend(result.frames)
@@ -172,6 +185,9 @@ def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32
                       grid_frames)
     report = scoring.final_score(sets)
     report['hero_iou_by_size'] = hero_size_table(frames_with_size)
+    report['hero_iou_by_size_other_sets'] = {
+        name: hero_size_table(score_folder(predictor, folder, batch_size, name)[0].frames)
+        for name, folder in (size_sets or {}).items()}
     report['model'] = str(predictor.path)
     report['data'] = str(data_root)
     report['input_size'] = list(predictor.input_size)
@@ -190,14 +206,17 @@ def format_report(report) -> str:
         lines.append(f"  {name:18s} frames {summary['frames']:4d}  hero IoU "
                      f"{summary['iou']['hero']:.4f}  TP {summary['true_positives']:4d}  "
                      f"FN {summary['false_negatives']:4d}  FP {summary['false_positives']:4d}")
-    lines.append('  hero IoU by hero size (pixels at input size):')
-    for row in report['hero_iou_by_size']:
-        low, high = row['hero_pixels']
-        span = f'{low}-{high}' if high is not None else f'{low}+'
-        iou = f"{row['hero_iou']:.3f}" if row['hero_iou'] is not None else '  -  '
-        detected = f"{row['detected']:.2f}" if row['detected'] is not None else ' - '
-        lines.append(f"    {span:>11s}: {row['frames']:4d} frames  IoU {iou}  "
-                     f'detected {detected}')
+    tables = {'following_images + patrol_with_targ': report['hero_iou_by_size']}
+    tables.update(report.get('hero_iou_by_size_other_sets', {}))
+    for name, rows in tables.items():
+        lines.append(f'  hero IoU by hero size (pixels at input size), {name}:')
+        for row in rows:
+            low, high = row['hero_pixels']
+            span = f'{low}-{high}' if high is not None else f'{low}+'
+            iou = f"{row['hero_iou']:.3f}" if row['hero_iou'] is not None else '  -  '
+            detected = f"{row['detected']:.2f}" if row['detected'] is not None else ' - '
+            lines.append(f"    {span:>11s}: {row['frames']:4d} frames  IoU {iou}  "
+                         f'detected {detected}')
     return '\n'.join(lines)
 
 
@@ -219,12 +238,24 @@ def main(argv=None):
     parser.add_argument('--flip-average', action='store_true',
                         help="average each frame's prediction with that of its mirror image, "
                              "as perception_node's flip_average parameter does")
+    parser.add_argument('--size-set', action='append', default=[], metavar='NAME=FOLDER',
+                        help='also report hero IoU and detection by hero size on this '
+                             'classic-layout folder (repeatable), e.g. '
+                             'train=../shared/data/udacity_followme/train: a gap to the '
+                             'evaluation sets shows the far hero overfitted')
     args = parser.parse_args(argv)
+    size_sets = {}
+    for item in args.size_set:
+        name, _, folder = item.partition('=')
+        if not name or not folder:
+            parser.error(f'--size-set wants NAME=FOLDER, got {item!r}')
+        size_sets[name] = folder
     output = Path(args.output) if args.output else (
         REPO / 'training_runs' / 'eval' / f"{Path(args.model).stem}-{time.strftime('%H%M%S')}")
     try:
         predictor = load_predictor(args.model, args.flip_average)
-        report = evaluate(predictor, args.data, output, args.grid_frames, args.batch_size)
+        report = evaluate(predictor, args.data, output, args.grid_frames, args.batch_size,
+                          size_sets)
     except (DataError, FileNotFoundError, ValueError) as err:
         parser.exit(2, f'error: {err}\n')
     print(format_report(report))
