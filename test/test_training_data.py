@@ -1,14 +1,16 @@
 """Data loading, validation errors, the tf.data pipeline and augmentation, on synthetic data."""
 
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from training import evaluate
 from training.augment import augment, AugmentConfig
 from training.data import (
-    DataError, find_all_pairs, find_pairs, fingerprint, MASK_COLOURS, materialize,
+    DataError, find_all_pairs, find_pairs, fingerprint, MASK_COLOURS, materialize, REPO,
     training_dataset)
 
 # Image colours per class, far apart so a class can be read back from an augmented image.
@@ -170,10 +172,20 @@ def test_fingerprint_follows_file_content(tmp_path):
     assert fingerprint(pairs)['frames'] == 3
 
 
-def test_shared_data_set_decodes(shared_data):
+def test_shared_data_set_decodes_and_shipped_score_reproduces(shared_data):
     pairs = find_pairs(shared_data / 'validation')
     assert len(pairs) == 1184
     frames = materialize(pairs[:8] + pairs[-8:], (160, 160))
     assert frames.images.shape == (16, 160, 160, 3)
     assert frames.resized == 0
     assert set(np.unique(frames.ids)) <= {0, 1, 2}
+    # Evaluating the shipped model (the int8 file the node runs) reproduces the score in its
+    # metadata and on its model card.
+    model = REPO / 'models' / 'followme_fcn_int8.onnx'
+    predictor = evaluate.OnnxPredictor(model)
+    report = evaluate.evaluate(predictor, shared_data / 'sample_evaluation_data', grid_frames=0)
+    stored = json.loads(predictor.metadata['followme.score'])
+    assert round(report['final_score'], 4) == stored['final_score']
+    card = (REPO / 'models' / 'MODEL_CARD.md').read_text()
+    rows = [line for line in card.splitlines() if line.startswith('| final score |')]
+    assert any(f"{stored['final_score']:.4f}" in row for row in rows), rows
