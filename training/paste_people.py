@@ -21,7 +21,6 @@ Output: the classic layout, a manifest.json and preview.png (image | mask for th
 
 import argparse
 from dataclasses import dataclass
-import json
 import math
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from followme_common.scoring import HERO, OTHERS
 import numpy as np
 from tqdm import tqdm
 
-from training.data import DataError, find_pairs, MASK_COLOURS, mask_to_ids, read_rgb
+from training.data import DataError, find_pairs, MASK_COLOURS, mask_to_ids, read_rgb, save_json
 
 MAX_OTHERS = 2
 MIN_ASPECT = 1.5
@@ -166,7 +165,7 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
     manifest = {'source': str(source), 'frames': frames, 'seed': seed, 'size': list(size),
                 'height_range': list(height_range), 'min_cutout_pixels': min_cutout_pixels,
                 'hero_pixels_median': float(np.median(hero_pixels)) if hero_pixels else 0.0}
-    (output / 'manifest.json').write_text(json.dumps(manifest, indent=2) + '\n')
+    save_json(output / 'manifest.json', manifest)
     return manifest
 
 
