@@ -113,3 +113,18 @@ def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(['--source', str(tmp_path / 'missing'), '--output', str(tmp_path / 'o')])
     assert done.value.code == 2 and 'images/' in capsys.readouterr().err
+
+
+def test_nearest_shrink_keeps_hard_edges():
+    image, ids = scene(hero=False)
+    stripes = np.zeros((40, 12, 3), np.uint8)
+    stripes[:, :, 0] = np.arange(40, dtype=np.uint8)[:, None] * 5 + 50
+    cutout = Cutout(stripes, np.ones((40, 12), np.float32), HERO)
+    paste(image, ids, cutout, 10.0, np.random.default_rng(0), flip=False, shrink='nearest')
+    hero = ids == HERO
+    assert hero.sum() == 10 * 3
+    # Every pasted pixel is one of the cutout's own pixels, not a blend of several.
+    assert set(image[hero][:, 0].tolist()) <= set(stripes[:, 0, 0].tolist())
+    image2, ids2 = scene(hero=False)
+    paste(image2, ids2, cutout, 10.0, np.random.default_rng(0), flip=False, shrink='area')
+    assert not set(image2[ids2 == HERO][:, 0].tolist()) <= set(stripes[:, 0, 0].tolist())

@@ -33,6 +33,9 @@ from training.data import DataError, find_pairs, MASK_COLOURS, mask_to_ids, read
 
 MAX_OTHERS = 2
 MIN_ASPECT = 1.5
+# How a cutout is shrunk: 'area' averages (smooth, blended edges), 'nearest' picks pixels
+# (hard, aliased edges, as the simulator renders a far-away person).
+SHRINK = {'area': cv2.INTER_AREA, 'nearest': cv2.INTER_NEAREST}
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,12 @@ def person_cutouts(image, ids, class_id, min_pixels) -> list:
     return cutouts
 
 
-def paste(image, ids, cutout: Cutout, height, rng, flip):
+def paste(image, ids, cutout: Cutout, height, rng, flip, shrink='area'):
     """Shrink `cutout` to `height` pixels and blend it into image/ids in place; return its box."""
     scale = height / cutout.alpha.shape[0]
     size = (max(1, round(cutout.alpha.shape[1] * scale)), max(1, round(height)))
-    rgb = cv2.resize(cutout.rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    alpha = cv2.resize(cutout.alpha, size, interpolation=cv2.INTER_AREA)
+    rgb = cv2.resize(cutout.rgb, size, interpolation=SHRINK[shrink]).astype(np.float32)
+    alpha = cv2.resize(cutout.alpha, size, interpolation=SHRINK[shrink])
     if flip:
         rgb, alpha = rgb[:, ::-1], alpha[:, ::-1]
     frame_h, frame_w = ids.shape
@@ -101,7 +104,7 @@ def load_frames(source, size) -> tuple:
 
 
 def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout_pixels=400,
-               others_probability=0.5):
+               others_probability=0.5, shrink='area'):
     """
     Yield `frames` (image, ids) pairs, each a hero-free frame with one small hero pasted in.
 
@@ -129,7 +132,7 @@ def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout
         # The hero last, so a pasted other never hides it.
         for cutout in extra + [hero]:
             paste(image, mask, cutout, math.exp(rng.uniform(low, high)), rng,
-                  bool(rng.random() < 0.5))
+                  bool(rng.random() < 0.5), shrink)
         yield image, mask
 
 
@@ -143,14 +146,16 @@ def preview(pairs, path, columns=4):
 
 
 def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(6.0, 48.0),
-                 min_cutout_pixels=400, prefix='pasted', preview_frames=16) -> dict:
+                 min_cutout_pixels=400, prefix='pasted', preview_frames=16,
+                 shrink='area') -> dict:
     """Write `frames` pasted pairs in the classic layout under output; return the manifest."""
     images, ids = load_frames(source, size)
     output = Path(output)
     (output / 'images').mkdir(parents=True, exist_ok=True)
     (output / 'masks').mkdir(parents=True, exist_ok=True)
     shown, hero_pixels = [], []
-    pairs = synthesize(images, ids, frames, seed, height_range, min_cutout_pixels)
+    pairs = synthesize(images, ids, frames, seed, height_range, min_cutout_pixels,
+                       shrink=shrink)
     for index, (image, mask) in enumerate(tqdm(pairs, total=frames, desc='pasting',
                                                unit='frame')):
         cv2.imwrite(str(output / 'images' / f'{prefix}_cam1_{index:05d}.jpeg'),
@@ -164,6 +169,7 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
         preview(shown, output / 'preview.png')
     manifest = {'source': str(source), 'frames': frames, 'seed': seed, 'size': list(size),
                 'height_range': list(height_range), 'min_cutout_pixels': min_cutout_pixels,
+                'shrink': shrink,
                 'hero_pixels_median': float(np.median(hero_pixels)) if hero_pixels else 0.0}
     save_json(output / 'manifest.json', manifest)
     return manifest
@@ -186,6 +192,9 @@ def main(argv=None):
                         help='pasted person height in pixels (default: 6 48)')
     parser.add_argument('--min-cutout-pixels', type=int, default=400,
                         help='smallest person to cut out (default: %(default)s)')
+    parser.add_argument('--shrink', choices=sorted(SHRINK), default='area',
+                        help="'area': smooth, blended edges; 'nearest': hard, aliased edges, "
+                             'as the simulator draws far-away people (default: %(default)s)')
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error('--frames must be at least 1')
@@ -196,7 +205,7 @@ def main(argv=None):
     try:
         manifest = write_pasted(args.source, args.output, args.frames, args.seed,
                                 tuple(args.size), tuple(args.height_range),
-                                args.min_cutout_pixels)
+                                args.min_cutout_pixels, shrink=args.shrink)
     except DataError as err:
         parser.exit(2, f'error: {err}\n')
     print(f"wrote {manifest['frames']} pairs to {args.output} (median hero "
