@@ -60,10 +60,16 @@ def test_data_containers_from_rclpy_rosbags_and_lists(data_type):
 def test_real_rclpy_message_round_trip(check_fields):
     sensor_msgs = pytest.importorskip('sensor_msgs.msg')
     # check_fields is what ROS_PYTHON_CHECK_FIELDS=1 turns on for every message.
-    msg = fill_image(sensor_msgs.Image(check_fields=check_fields), RGB, 'rgb8')
+    empty = sensor_msgs.Image(check_fields=check_fields)
+    own_array = empty.data
+    msg = fill_image(empty, RGB, 'rgb8')
     assert (msg.height, msg.width, msg.step, msg.is_bigendian) == (4, 5, 15, 0)
     np.testing.assert_array_equal(image_to_array(msg), RGB)
-    # The type the generated setter takes as it is; bytes would be checked one by one.
+    # Filled in place: the setter would copy the frame again, or check it byte by byte.
+    assert msg.data is own_array
+    # A message filled again holds only the new frame.
+    np.testing.assert_array_equal(image_to_array(fill_image(msg, RGB[:2], 'rgb8')), RGB[:2])
+    # Anything else gets an array.array, the type the generated setter keeps when checking.
     assert isinstance(fill_image(SimpleNamespace(), RGB, 'rgb8').data, array.array)
 
 
