@@ -17,6 +17,7 @@ from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
                                         image_to_rgb, ImageConversionError)
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
+from followme_common.rate_limit import RateLimiter
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import tint
@@ -78,6 +79,10 @@ PARAMETERS = {
         'largest |depth stamp - image stamp| for the depth to be used (s); 0 takes the newest '
         'depth whatever its stamp', 0.0, 10.0)),
     'overlay_alpha': (0.5, _float('tint strength in mask_overlay (0 none, 1 solid)', 0.0, 1.0)),
+    'overlay_max_rate': (0.0, _float(
+        'most mask_overlay images a second (Hz, node clock); 0 sends one with every frame. '
+        'The overlay is for eyes in rviz: at 640x480 it is 0.9 MB per frame, the costliest '
+        'output to publish (docs/perception.md)', 0.0, 1000.0)),
     'diagnostics_period': (1.0, _float('seconds between /diagnostics reports', 0.1, 60.0,
                                        read_only=True)),
 }
@@ -97,6 +102,7 @@ class PerceptionNode(Node):
             self.declare_parameter(name, default, descriptor)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.locator = HeroLocator()
+        self._overlay_limiter = RateLimiter()
         self._apply_parameters([])
 
         model_path = self.get_parameter('model_path').value or str(paths.default_model_file())
@@ -173,6 +179,9 @@ class PerceptionNode(Node):
             self.locator.assumed_hfov_deg = self.get_parameter('assumed_hfov_deg').value
             self._depth_tolerance = self.get_parameter('depth_sync_tolerance').value
             self._overlay_alpha = self.get_parameter('overlay_alpha').value
+            overlay_rate = self.get_parameter('overlay_max_rate').value
+            if overlay_rate != self._overlay_limiter.max_rate_hz:
+                self._overlay_limiter.max_rate_hz = overlay_rate
 
     # Inputs: keep only the newest ---------------------------------------------------------
 
@@ -308,10 +317,15 @@ class PerceptionNode(Node):
             mask = fill_image(Image(), class_ids, 'mono8')
             mask.header = header
             self._pub_mask.publish(mask)
-        if self._pub_overlay.get_subscription_count() > 0:
+        if self._pub_overlay.get_subscription_count() > 0 and self._overlay_due():
             overlay = fill_image(Image(), tint(rgb, class_ids, alpha), 'rgb8')
             overlay.header = header
             self._pub_overlay.publish(overlay)
+
+    def _overlay_due(self):
+        now_s = self.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            return self._overlay_limiter.ready(now_s)
 
     def _publish_marker(self, header, estimate):
         marker = Marker(header=header, ns='hero', id=0)

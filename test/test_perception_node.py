@@ -335,6 +335,22 @@ def test_a_burst_is_dropped_not_queued_and_the_newest_frame_wins(rig):
     assert done == sorted(done) and done[-1] == stamps[-1]
 
 
+def test_overlay_max_rate_thins_the_overlay_only_and_applies_while_running(rig):
+    # One overlay per 1000 s: of frames sent one after another, only the first gets one.
+    node, probe = rig(overlay_max_rate=0.001)
+    stamps = []
+    for _ in range(4):
+        stamps.append(probe.send(image_msg(scene()[0])))
+        probe.detection_for(stamps[-1])
+        probe.latest('mask', stamps[-1])
+    spin_until(probe.executor, lambda: False, timeout=0.3)  # let a stray overlay arrive
+    assert [m.header.stamp.sec for m in probe.received['mask_overlay']] == stamps[:1]
+    node.set_parameters([Parameter('overlay_max_rate', value=0.0)])  # every frame again
+    sec = probe.send(image_msg(scene()[0]))
+    assert probe.latest('mask_overlay', sec).header.stamp.sec == sec
+    assert node.error_counts() == {}
+
+
 def test_startup_fails_clearly_on_missing_corrupt_or_misfit_model(executor, tmp_path):
     corrupt = tmp_path / 'corrupt.onnx'
     corrupt.write_bytes(b'not a model')
