@@ -12,7 +12,13 @@ a viewer subscribed to the images, as rviz would be.
 2. throughput: 640x480 rgb8 at 30 Hz for a while; frames in, processed, dropped, and the
    latency (image stamp -> detection summary received) early and late in the run;
 3. classic: the same network run per frame with Keras `model.predict` (the classic approach)
-   and with ONNX Runtime, side by side, on the same frames.
+   and with ONNX Runtime, side by side, on the same frames;
+4. overlay cost: 640x480 at 30 Hz again, with a fresh node each time, nobody viewing the
+   overlay, the overlay viewed with every frame, and viewed with `overlay_max_rate` 10 Hz: the
+   worker's CPU time beyond inference per frame, the mean of the last 100 frames (diagnostics
+   `beyond_infer_cpu_mean_ms`), against the median inference time. A mean, not a median: a
+   cost paid on every third frame is invisible in a median. (The process's whole CPU time is
+   no use here: ONNX Runtime's threads spin between frames, several times the overlay's cost.)
 
 The network is training.model.build_model() exported to ONNX with tf2onnx (random weights:
 timing does not depend on them) with the architecture and input size of the --model file when
@@ -55,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument('--classic-frames', type=int, default=40,
                         help='frames for the Keras vs ONNX Runtime comparison')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
+    parser.add_argument('--skip-overlay-cost', action='store_true',
+                        help='skip the overlay cost runs (three more 30 Hz runs)')
     args = parser.parse_args(argv)
     from followme_perception.node import TIMING_WINDOW
     if args.frames < TIMING_WINDOW:
@@ -146,7 +154,7 @@ class Rig:
     bench (its threads, TensorFlow, the probe's callbacks) shares the node's process.
     """
 
-    def __init__(self, model_path):
+    def __init__(self, model_path, parameters=()):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -157,7 +165,8 @@ class Rig:
         self.node_process = subprocess.Popen([
             sys.executable, '-m', 'followme_perception.node', '--ros-args',
             '-r', f'__ns:={NAMESPACE}', '-p', f'model_path:={model_path}',
-            '-p', f'diagnostics_period:={DIAGNOSTICS_PERIOD_S}'])
+            '-p', f'diagnostics_period:={DIAGNOSTICS_PERIOD_S}',
+            *[arg for name, value in parameters for arg in ('-p', f'{name}:={value}')]])
         self.probe = rclpy.create_node('bench_probe', namespace=NAMESPACE)
         self.pub = self.probe.create_publisher(
             Image, 'image', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
@@ -318,6 +327,29 @@ def bench_throughput(rig, rate, seconds):
     }
 
 
+OVERLAY_CASES = (('nobody views the overlay', (), False),
+                 ('overlay viewed, every frame', (), True),
+                 ('overlay viewed, overlay_max_rate 10', (('overlay_max_rate', 10.0),), True))
+
+
+def bench_overlay_cost(model_path, rate, seconds):
+    """Per overlay case, 640x480 at `rate` Hz: CPU beyond inference (mean) and inference."""
+    results = {}
+    for label, parameters, viewed in OVERLAY_CASES:
+        rig = Rig(model_path, parameters)
+        try:
+            if not viewed:
+                rig.stop_overlay()
+            run = bench_throughput(rig, rate, seconds)
+            report = rig.report()
+            results[label] = {'processed': run['processed'], 'dropped': run['dropped'],
+                              'beyond_ms': float(report['beyond_infer_cpu_mean_ms']),
+                              'infer_ms': float(report['infer_ms'])}
+        finally:
+            rig.close()
+    return results
+
+
 def bench_classic(keras_model, onnx_path, count, node_model=None):
     """
     Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames.
@@ -378,14 +410,16 @@ def main(argv=None):
                 throughput = bench_throughput(rig, args.rate, args.seconds)
             finally:
                 rig.close()
+            overlay_cost = None if args.skip_overlay_cost else bench_overlay_cost(
+                model_path, args.rate, args.seconds)
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
             keras_model, exported, args.classic_frames, args.model)
-    report(stages, throughput, classic)
+    report(stages, throughput, classic, overlay_cost)
 
 
-def report(stages, throughput, classic):
+def report(stages, throughput, classic, overlay_cost=None):
     from followme_perception.node import STAGES
     print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip '
           '| node CPU beyond infer | CPU overhead / infer |')
@@ -414,6 +448,13 @@ def report(stages, throughput, classic):
             total_256 = totals['256x256']
             print(f"the node's model alone {node_ms:.1f} ms (x{keras_ms / node_ms:.1f}); the "
                   f'whole node at 256x256 {total_256:.1f} ms (x{keras_ms / total_256:.1f})')
+    if overlay_cost:
+        print('\n| 640x480 at 30 Hz | processed | dropped | node CPU beyond infer, mean ms '
+              '| infer ms | CPU overhead / infer |')
+        print('|---|---|---|---|---|---|')
+        for label, row in overlay_cost.items():
+            print(f"| {label} | {row['processed']} | {row['dropped']} | {row['beyond_ms']:.2f} "
+                  f"| {row['infer_ms']:.2f} | {row['beyond_ms'] / row['infer_ms'] * 100:.0f} % |")
 
 
 if __name__ == '__main__':

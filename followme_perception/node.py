@@ -385,6 +385,9 @@ class PerceptionNode(Node):
         values.update({f'{name}_ms': f'{np.median(ms):.2f}' if ms else 'n/a'
                        for name, ms in timings.items()})
         values['inference_ms'] = values['infer_ms']
+        # A mean, not a median: work done on some frames only (a rate-limited overlay) counts.
+        beyond = [sum(row) for row in zip(*(timings[f'{stage}_cpu'] for stage in CPU_STAGES))]
+        values['beyond_infer_cpu_mean_ms'] = f'{np.mean(beyond):.2f}' if beyond else 'n/a'
         values.update({f'errors.{kind}': count for kind, count in sorted(errors.items())})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])

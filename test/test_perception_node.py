@@ -285,6 +285,13 @@ def test_bad_images_are_counted_and_the_node_keeps_going(rig):
         assert float(values[f'{stage}_cpu_ms']) >= 0.0
         for wall, cpu in zip(timings[stage], timings[f'{stage}_cpu']):
             assert 0.0 <= cpu <= wall + 0.05  # 50 us: the two clocks' granularity
+    reported_frames = int(values['frames_processed'])
+    window = [sum(row) for row in zip(*(timings[f'{stage}_cpu'] for stage in
+                                        ('convert', 'preprocess', 'postprocess', 'publish')))]
+    if len(window) == reported_frames:  # no frame finished after that report
+        assert float(values['beyond_infer_cpu_mean_ms']) == pytest.approx(np.mean(window),
+                                                                          abs=0.006)
+    assert float(values['beyond_infer_cpu_mean_ms']) > 0.0
 
 
 def test_bad_depth_and_camera_info_fall_back_and_are_counted(rig):
