@@ -1,8 +1,12 @@
 """Model, training run, export parity, evaluation and raw import, with tiny models and data."""
 
+import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
+import subprocess
+import sys
 
 import cv2
 from followme_common import scoring
@@ -125,6 +129,48 @@ def test_training_run_writes_its_record(tiny_run):
     assert fingerprint['train']['frames'] == 12 and len(fingerprint['train']['sha256']) == 64
     history = (run_dir / 'history.csv').read_text().strip().splitlines()
     assert len(history) == 3 and 'val_far_hero_detected' in history[0].split(',')
+
+
+# Two logical CPUs stand in for two GPUs (no machine of ours has several): TensorFlow's own
+# MirroredStrategy over them, as on a multi-GPU machine. Logical devices must be set before
+# TensorFlow starts, hence a process of its own.
+MIRRORED_RUN = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from training import train
+strategy = train.distribution_strategy('CPU')
+train.distribution_strategy = lambda: strategy
+run_dir = train.train(train.load_config(sys.argv[1]), sys.argv[2], 'mirrored')
+print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'run_dir': str(run_dir)}))
+"""
+
+
+def _history(run_dir):
+    with open(run_dir / 'history.csv', newline='') as rows:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(rows)]
+
+
+def test_training_on_several_devices_mirrors_and_matches_one_device(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    assert train.distribution_strategy('CPU').num_replicas_in_sync == 1  # one device: default
+    result = subprocess.run(
+        [sys.executable, '-c', MIRRORED_RUN, str(run_dir / 'config.yaml'), str(tmp_path)],
+        cwd=train.REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info['replicas'] == 2
+    mirrored, single = _history(Path(info['run_dir'])), _history(run_dir)
+    assert len(mirrored) == len(single) == 2
+    assert (Path(info['run_dir']) / 'best.weights.h5').is_file()
+    for m, s in zip(mirrored, single):
+        # The same batches split over two devices: the same loss, not twice it (a one-value
+        # loss is not divided by the replica count by Keras), and validation on every frame
+        # once (predict_on_batch under the strategy returned each frame twice).
+        assert m['loss'] == pytest.approx(s['loss'], rel=0.1)
+        assert m['val_loss'] == pytest.approx(s['val_loss'], rel=0.01)
+        assert m['val_hero_iou'] == pytest.approx(s['val_hero_iou'], abs=0.05)
 
 
 def test_far_hero_detection_counts_only_far_heroes():

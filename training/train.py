@@ -106,6 +106,7 @@ def subset(pairs: list, count: int, seed: int) -> list:
 def make_loss(hero_weight: float, dice_weight: float):
     """Class-weighted cross-entropy plus an optional soft-dice term on the hero class."""
     import keras
+    import tensorflow as tf
     ops = keras.ops
     weights = ops.convert_to_tensor([1.0, 1.0, float(hero_weight)])
 
@@ -118,18 +119,25 @@ def make_loss(hero_weight: float, dice_weight: float):
             truth, pred = onehot[..., scoring.HERO], y_pred[..., scoring.HERO]
             dice = (2.0 * ops.sum(truth * pred) + 1.0) / (ops.sum(truth) + ops.sum(pred) + 1.0)
             loss = loss + dice_weight * (1.0 - dice)
-        return loss
+        # One value for the whole batch, which Keras passes on as it is: it divides only
+        # per-frame losses by the replica count. Under MirroredStrategy each device sees part of
+        # the batch and the gradients are summed across devices, so divide here, or N devices
+        # would step N times as far and log N times the loss.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss / replicas if replicas > 1 else loss
 
     return followme_loss
 
 
-def predict(model, images_uint8, batch_size=32) -> np.ndarray:
-    """Softmax probabilities for uint8 frames, in batches."""
+def predict(model, images_uint8, batch_size=32, chunk=256) -> np.ndarray:
+    """Softmax probabilities for uint8 frames, in batches, under any distribution strategy."""
     from training.data import to_model_input
-    out = []
-    for start in range(0, len(images_uint8), batch_size):
-        batch = to_model_input(images_uint8[start:start + batch_size])
-        out.append(np.asarray(model.predict_on_batch(batch)))
+    # model.predict, not predict_on_batch: under MirroredStrategy, Keras 3's predict_on_batch
+    # returns every replica's output for the whole batch, one after the other (2N rows for N
+    # frames on two devices). Chunks keep the float copy of the frames small.
+    out = [model.predict(to_model_input(images_uint8[start:start + chunk]),
+                         batch_size=batch_size, verbose=0)
+           for start in range(0, len(images_uint8), chunk)]
     return np.concatenate(out)
 
 
@@ -340,12 +348,17 @@ def _copy_matching_layers(source, target):
             layer.set_weights(match.get_weights())
 
 
-def distribution_strategy():
-    """All visible GPUs through MirroredStrategy when there are several, else the default."""
+def distribution_strategy(device_type='GPU'):
+    """
+    Return MirroredStrategy over all visible `device_type` devices, or the default for one.
+
+    One GPU or none gets the default strategy. The tests mirror over two logical CPUs, as no
+    machine of ours has several GPUs.
+    """
     import tensorflow as tf
-    gpus = tf.config.list_logical_devices('GPU')
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
+    devices = tf.config.list_logical_devices(device_type)
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     return tf.distribute.get_strategy()
 
 
