@@ -110,6 +110,23 @@ def test_pipeline_shapes_dtypes_and_range(tmp_path):
     assert set(np.unique(ids.numpy())) <= {0, 1, 2}
 
 
+def test_extra_stream_makes_up_its_share_of_the_draws(tmp_path):
+    frames = materialize(find_pairs(write_classic_set(tmp_path / 'a', frames=6)), (32, 32))
+    # Marked frames: every pixel hero, which no synthetic frame is.
+    marked = tf.data.Dataset.from_tensors(
+        (tf.zeros((32, 32, 3), tf.uint8), tf.fill((32, 32), tf.constant(2, tf.uint8)))).repeat()
+
+    def share_marked(extra_share):
+        dataset = training_dataset(frames, batch_size=4, seed=1, extra=marked,
+                                   extra_share=extra_share)
+        ids = np.concatenate([batch_ids.numpy() for _, batch_ids in dataset.take(50)])
+        return float(np.mean((ids == 2).all(axis=(1, 2))))
+
+    assert share_marked(0.0) == 0.0
+    assert 0.2 < share_marked(0.3) < 0.4    # 200 draws
+    assert share_marked(0.95) > 0.85
+
+
 def frame_from_ids(ids):
     return tf.constant(CLASS_PIXELS[ids]), tf.constant(ids)
 

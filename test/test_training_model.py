@@ -173,6 +173,26 @@ def test_training_on_several_devices_mirrors_and_matches_one_device(tiny_run, tm
         assert m['val_hero_iou'] == pytest.approx(s['val_hero_iou'], abs=0.05)
 
 
+def test_training_with_people_pasted_on_the_fly(tmp_path):
+    from test_training_paste import write_scenes
+    scenes = write_scenes(tmp_path / 'scenes')   # 96x96, one whole hero to cut out
+
+    def config(**settings):
+        return train.merge_config({
+            'name': 'pasted', 'data': {'train': str(scenes), 'val': str(scenes)},
+            'model': {**TINY_MODEL, 'input_size': [96, 96]},
+            'train': {'batch_size': 4, 'epochs': 1, 'steps_per_epoch': 2, **settings}})
+    run_dir = train.train(config(paste_source=str(scenes), paste_share=0.5),
+                          tmp_path / 'runs', 'pasted')
+    assert (run_dir / 'best.weights.h5').is_file()
+    source = json.loads((run_dir / 'paste_source_fingerprint.json').read_text())
+    assert source['frames'] == 3 and len(source['sha256']) == 64
+    for settings, words in (({'paste_share': 0.5}, 'needs train.paste_source'),
+                            ({'paste_share': 1.0, 'paste_source': str(scenes)}, r'\[0, 1\)')):
+        with pytest.raises(train.ConfigError, match=words):
+            train.train(config(**settings), tmp_path / 'runs', 'bad')
+
+
 def test_far_hero_detection_counts_only_far_heroes():
     def frame(truth_pixels, pred_pixels):
         return scoring.FrameScore((0.0, 0.0, 0.0), truth_pixels, pred_pixels)

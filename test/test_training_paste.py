@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from training.data import DataError, find_pairs, MASK_COLOURS
 from training.paste_people import (
-    Cutout, main, paste, person_cutouts, synthesize, write_pasted)
+    Cutout, main, online_dataset, paste, person_cutouts, synthesize, write_pasted)
 
 HERO_RGB, OTHERS_RGB, GROUND_RGB = (200, 30, 30), (30, 200, 30), (90, 90, 90)
 
@@ -70,6 +70,24 @@ def test_synthesized_frames_have_one_small_hero_and_are_reproducible():
         assert (image[mask == HERO][:, 0] > 120).mean() > 0.9
     # The source frames are left as they were.
     assert (ids[1] == HERO).sum() == 0
+
+
+def test_online_stream_is_the_synthesized_frames_without_end():
+    frames = [scene(hero=True), scene(hero=False), scene(hero=False)]
+    images, ids = np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames])
+    stream = online_dataset(images, ids, seed=5, height_range=(8.0, 16.0))
+    draws = list(stream.take(20).as_numpy_iterator())
+    expected = synthesize(images, ids, 20, seed=5, height_range=(8.0, 16.0))
+    for (image, mask), (want_image, want_mask) in zip(draws, expected):
+        assert image.dtype == mask.dtype == np.uint8
+        assert image.shape == (96, 96, 3) and mask.shape == (96, 96)
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(mask, want_mask)
+        assert (mask == HERO).any()
+    assert len({mask.tobytes() for _, mask in draws}) > 10, 'a new paste every draw'
+    no_hero = np.stack([scene(hero=False)[1]] * 2)
+    with pytest.raises(DataError, match='no whole hero'):
+        online_dataset(np.stack([scene(hero=False)[0]] * 2), no_hero)
 
 
 def test_bad_sources_are_clear_errors():

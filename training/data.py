@@ -200,12 +200,15 @@ def to_model_input(images):
 
 
 def training_dataset(frames: FrameSet, batch_size: int, seed: int, augment_fn=None,
-                     small_hero_pixels: int = 0, small_hero_repeats: int = 1) -> tf.data.Dataset:
+                     small_hero_pixels: int = 0, small_hero_repeats: int = 1,
+                     extra: tf.data.Dataset = None, extra_share: float = 0.0) -> tf.data.Dataset:
     """
     Build endless shuffled, augmented, prefetched (image float, ids uint8) batches.
 
     Frames whose hero covers 1..small_hero_pixels pixels (the far-away hero, the classic weak
-    spot) are seen small_hero_repeats times per pass.
+    spot) are seen small_hero_repeats times per pass. `extra`, an endless stream of (image
+    uint8, ids uint8) pairs at the same size (frames pasted on the fly), makes up `extra_share`
+    of the draws, before augmentation.
     """
     repeats = np.ones(len(frames.pairs), np.int64)
     if small_hero_repeats > 1:
@@ -218,6 +221,9 @@ def training_dataset(frames: FrameSet, batch_size: int, seed: int, augment_fn=No
         lambda pair, count: tf.data.Dataset.from_tensors(pair).repeat(count))
     dataset = dataset.shuffle(int(repeats.sum()), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
+    if extra is not None and extra_share > 0.0:
+        dataset = tf.data.Dataset.sample_from_datasets(
+            [dataset, extra], weights=[1.0 - extra_share, extra_share], seed=seed)
     if augment_fn is not None:
         # A counter gives each draw its own stateless seed: reproducible, new every epoch.
         dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.counter())

@@ -136,6 +136,25 @@ def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout
         yield image, mask
 
 
+def online_dataset(images, ids, seed=0, height_range=(6.0, 48.0), shrink='area'):
+    """
+    Return an endless tf.data stream of pasted (image, ids) pairs made from these frames.
+
+    The on-the-fly version of write_pasted: a new background, hero, size and place for every
+    draw, instead of a fixed set of frames seen again each epoch. Raises DataError as
+    synthesize does, at once.
+    """
+    import sys
+
+    import tensorflow as tf
+    next(synthesize(images, ids, 1, seed, height_range, shrink=shrink))  # fail here, not later
+    height, width = ids[0].shape
+    return tf.data.Dataset.from_generator(
+        lambda: synthesize(images, ids, sys.maxsize, seed, height_range, shrink=shrink),
+        output_signature=(tf.TensorSpec((height, width, 3), tf.uint8),
+                          tf.TensorSpec((height, width), tf.uint8)))
+
+
 def preview(pairs, path, columns=4):
     """Write the given pairs as image | mask tiles in one PNG."""
     tiles = [np.hstack([image, MASK_COLOURS[mask]]) for image, mask in pairs]

@@ -46,6 +46,8 @@ DEFAULTS = {
         'max_val_frames': 0,         # e.g. for the hyper-parameter search
         'init_weights': '',          # start from these weights (a fine-tune); '' = random
         'init_partial': False,       # load only the init weights whose shapes fit this model
+        'paste_source': '',          # classic-layout folder to cut people from for...
+        'paste_share': 0.0,          # ...this share of draws: far heroes pasted on the fly
     },
 }
 
@@ -348,6 +350,24 @@ def _copy_matching_layers(source, target):
             layer.set_weights(match.get_weights())
 
 
+def _online_pasted(settings, size, seed, run_dir):
+    """Return the stream of frames pasted on the fly (paste_people), or None when off."""
+    from training.data import find_pairs, fingerprint, materialize, save_json
+    from training.paste_people import online_dataset
+    share = float(settings['paste_share'])
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f'train.paste_share must be in [0, 1), not {share}')
+    if share == 0.0:
+        return None
+    if not settings['paste_source']:
+        raise ConfigError('train.paste_share needs train.paste_source: a classic-layout folder '
+                          'to cut people from (the classic train set, say)')
+    pairs = find_pairs(Path(settings['paste_source']).expanduser().resolve())
+    save_json(run_dir / 'paste_source_fingerprint.json', fingerprint(pairs))
+    frames = materialize(pairs, size, 'decoding paste source')
+    return online_dataset(frames.images, frames.ids, seed)
+
+
 def distribution_strategy(device_type='GPU'):
     """
     Return MirroredStrategy over all visible `device_type` devices, or the default for one.
@@ -387,6 +407,7 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
     print(f'run folder: {run_dir}', flush=True)
 
     keras.utils.set_random_seed(int(config['seed']))
+    pasted = _online_pasted(settings, model_config.input_size, int(config['seed']), run_dir)
     train_pairs = subset(find_all_pairs(train_roots), int(settings['max_train_frames']),
                          int(config['seed']))
     val_pairs = subset(find_all_pairs(val_roots), int(settings['max_val_frames']),
@@ -404,7 +425,7 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
     dataset = training_dataset(
         train_frames, int(settings['batch_size']), int(config['seed']),
         make_augment_fn(augment_config), int(settings['small_hero_pixels']),
-        int(settings['small_hero_repeats']))
+        int(settings['small_hero_repeats']), pasted, float(settings['paste_share']))
     steps, epochs = int(settings['steps_per_epoch']), int(settings['epochs'])
     learning_rate = float(settings['learning_rate'])
     if settings['lr_schedule'] == 'cosine':
