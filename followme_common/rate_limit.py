@@ -11,8 +11,7 @@ class RateLimiter:
     """
 
     def __init__(self, max_rate_hz: float = 0.0):
-        self.max_rate_hz = max_rate_hz
-        self._next_due = None
+        self.max_rate_hz = max_rate_hz  # the setter also starts the schedule
 
     @property
     def max_rate_hz(self) -> float:
