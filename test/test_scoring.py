@@ -127,3 +127,44 @@ def test_bad_shapes_are_refused():
         scoring.score_frame(np.zeros((8, 8, 2)), np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match='truth'):
         scoring.score_frame(np.zeros((8, 8, 3)), np.zeros((8, 8, 3), np.uint8))
+
+
+def frame(truth_pixels, pred_pixels, hero_iou):
+    return scoring.FrameScore((0.0, 0.0, hero_iou), truth_pixels, pred_pixels)
+
+
+MIXED_SET = [frame(1000, 1000, 0.8), frame(1000, 0, 0.0),   # near: one found, one missed
+             frame(100, 50, 0.5),                            # far: found
+             frame(0, 10, 0.0), frame(0, 0, 0.0), frame(0, 0, 0.0), frame(0, 0, 0.0)]
+
+
+def test_eval_mix_score_hand_computed():
+    result = scoring.SetScore(list(MIXED_SET))
+    # near: found 1 of 2; far: 1 of 1; no hero: a false hero in 1 of 4, each rate times
+    # the evaluation sets' frame counts (539 near, 301 far, 270 without the hero).
+    tp, fn, fp = 539 * 0.5 + 301 * 1.0, 539 * 0.5, 270 * 0.25
+    expected = (0.4 + 0.5) / 2 * tp / (tp + fn + fp)
+    assert scoring.eval_mix_score(result, 256 * 256) == pytest.approx(expected)
+    # The one-set score weighs the same frames by their own counts.
+    assert scoring.single_set_score(result) == pytest.approx((0.8 + 0.5) / 3 * 2 / 4)
+
+
+def test_eval_mix_weight_is_the_plain_weight_when_the_mix_is_the_sets_own():
+    result = scoring.SetScore(list(MIXED_SET))
+    own = {'near': 2, 'far': 1, 'empty': 4}
+    plain_iou = np.mean([0.4, 0.5])
+    assert scoring.eval_mix_score(result, 256 * 256, own) == pytest.approx(
+        plain_iou * scoring.detection_weight([result]))
+
+
+def test_eval_mix_near_threshold_scales_with_the_frame():
+    # 300 hero pixels is far at 256x256 (under 800) but near at 128x128 (over 200).
+    result = scoring.SetScore([frame(300, 300, 1.0), frame(0, 0, 0.0)])
+    near_only = {'near': 1, 'far': 0, 'empty': 1}
+    assert scoring.eval_mix_score(result, 256 * 256, near_only) == 0.0
+    assert scoring.eval_mix_score(result, 128 * 128, near_only) == pytest.approx(1.0)
+
+
+def test_eval_mix_score_of_a_set_without_heroes_is_zero():
+    assert scoring.eval_mix_score(scoring.SetScore([frame(0, 9, 0.0)]), 256 * 256) == 0.0
+    assert scoring.eval_mix_score(scoring.SetScore(), 256 * 256) == 0.0

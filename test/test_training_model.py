@@ -70,6 +70,8 @@ def test_unknown_config_keys_are_refused(tmp_path):
         train.load_config(path)
     with pytest.raises(train.ConfigError, match='not found'):
         train.load_config(tmp_path / 'missing.yaml')
+    with pytest.raises(train.ConfigError, match='select_by must be one of val_score'):
+        train.merge_config({'train': {'select_by': 'val_loss'}})
 
 
 def test_shipped_configs_load():
@@ -111,7 +113,8 @@ def tiny_run(tmp_path_factory):
         'augment': {'flip': True, 'scale': [0.8, 1.2]},
         'train': {'batch_size': 4, 'epochs': 2, 'steps_per_epoch': 2, 'learning_rate': 0.01,
                   'lr_schedule': 'cosine', 'hero_weight': 2.0, 'dice_weight': 0.5,
-                  'small_hero_pixels': 40, 'small_hero_repeats': 2},
+                  'small_hero_pixels': 40, 'small_hero_repeats': 2,
+                  'select_by': 'val_mix_score', 'keep_epoch_weights': True},
     })
     run_dir = train.train(config, tmp_path_factory.mktemp('runs'), 'tiny')
     return run_dir, root
@@ -129,6 +132,18 @@ def test_training_run_writes_its_record(tiny_run):
     assert fingerprint['train']['frames'] == 12 and len(fingerprint['train']['sha256']) == 64
     history = (run_dir / 'history.csv').read_text().strip().splitlines()
     assert len(history) == 3 and 'val_far_hero_detected' in history[0].split(',')
+
+
+def test_best_epoch_follows_select_by_and_every_epoch_is_kept(tiny_run):
+    run_dir, _ = tiny_run
+    with open(run_dir / 'history.csv') as rows:
+        history = list(csv.DictReader(rows))
+    best = json.loads((run_dir / 'best.json').read_text())
+    # The first epoch with the highest mix score (a later tie does not replace it).
+    scores = [float(row['val_mix_score']) for row in history]
+    assert best['epoch'] == scores.index(max(scores)) + 1
+    kept = sorted(p.name for p in (run_dir / 'epochs').glob('*.weights.h5'))
+    assert kept == ['epoch_01.weights.h5', 'epoch_02.weights.h5']
 
 
 # Two logical CPUs stand in for two GPUs (no machine of ours has several): TensorFlow's own

@@ -48,8 +48,14 @@ DEFAULTS = {
         'init_partial': False,       # load only the init weights whose shapes fit this model
         'paste_source': '',          # classic-layout folder to cut people from for...
         'paste_share': 0.0,          # ...this share of draws: far heroes pasted on the fly
+        'select_by': 'val_score',    # the best epoch: the validation set as it is, or
+                                     # 'val_mix_score', reweighted to the evaluation sets' mix
+        'keep_epoch_weights': False,  # also keep every epoch's weights in epochs/
     },
 }
+
+
+SELECTION_METRICS = ('val_score', 'val_mix_score')
 
 
 class ConfigError(ValueError):
@@ -82,6 +88,9 @@ def merge_config(loaded: dict, overrides=None) -> dict:
                 config[key] = value
     if config['train']['lr_schedule'] not in ('constant', 'cosine'):
         raise ConfigError("train.lr_schedule must be 'constant' or 'cosine'")
+    if config['train']['select_by'] not in SELECTION_METRICS:
+        raise ConfigError(f"train.select_by must be one of {', '.join(SELECTION_METRICS)}, "
+                          f"not {config['train']['select_by']!r}")
     return config
 
 
@@ -156,7 +165,7 @@ def far_hero_detected(frame_scores, frame_pixels: int) -> float:
 
 
 def validation_metrics(model, frames, loss_fn, batch_size=32) -> dict:
-    """Loss, hero IoU, the one-set score and far-hero detection on the validation frames."""
+    """Loss, hero IoU, the one-set and mix scores, far-hero detection on the validation set."""
     probs = predict(model, frames.images, batch_size)
     losses = [float(loss_fn(frames.ids[s:s + batch_size], probs[s:s + batch_size]))
               for s in range(0, len(probs), batch_size)]
@@ -164,13 +173,14 @@ def validation_metrics(model, frames, loss_fn, batch_size=32) -> dict:
     for prob, ids in zip(probs, frames.ids):
         result.add(scoring.score_frame(prob, ids))
     with_hero = [f.hero_iou for f in result.frames if f.truth_present]
+    frame_pixels = probs.shape[1] * probs.shape[2]
     return {
         'val_loss': float(np.mean(losses)),
         'val_hero_iou': float(np.mean(with_hero)) if with_hero else 0.0,
         'val_weight': scoring.detection_weight([result]),
         'val_score': scoring.single_set_score(result),
-        'val_far_hero_detected': far_hero_detected(result.frames,
-                                                   probs.shape[1] * probs.shape[2]),
+        'val_mix_score': scoring.eval_mix_score(result, frame_pixels),
+        'val_far_hero_detected': far_hero_detected(result.frames, frame_pixels),
     }
 
 
@@ -192,7 +202,8 @@ def plot_curves(history: list, path: Path):
     left.plot(epochs, [h['val_loss'] for h in history], label='val loss')
     left.set_xlabel('epoch')
     left.legend()
-    for key in ('val_score', 'val_hero_iou', 'val_weight', 'val_far_hero_detected'):
+    for key in ('val_score', 'val_mix_score', 'val_hero_iou', 'val_weight',
+                'val_far_hero_detected'):
         right.plot(epochs, [h[key] for h in history], label=key)
     right.set_xlabel('epoch')
     right.set_ylim(0, 1)
@@ -203,8 +214,13 @@ def plot_curves(history: list, path: Path):
 
 
 def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
-                   max_minutes: float):
-    """Build the callback that scores, checkpoints, logs, plots and shows progress."""
+                   max_minutes: float, select_by='val_score', keep_epoch_weights=False):
+    """
+    Build the callback that scores, checkpoints, logs, plots and shows progress.
+
+    best.weights.h5 is the epoch with the highest `select_by`; with keep_epoch_weights every
+    epoch's weights are also kept, as epochs/epoch_NN.weights.h5.
+    """
     import keras
     from tqdm import tqdm
 
@@ -240,8 +256,11 @@ def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
             self.history.append(row)
             self.scalars.write(epoch + 1, {k: v for k, v in row.items() if k != 'epoch'})
             self.model.save_weights(run_dir / 'last.weights.h5')
-            if metrics['val_score'] > self.best:
-                self.best = metrics['val_score']
+            if keep_epoch_weights:
+                (run_dir / 'epochs').mkdir(exist_ok=True)
+                self.model.save_weights(run_dir / 'epochs' / f'epoch_{epoch + 1:02d}.weights.h5')
+            if metrics[select_by] > self.best:
+                self.best = metrics[select_by]
                 self.model.save_weights(run_dir / 'best.weights.h5')
                 (run_dir / 'best.json').write_text(json.dumps(row, indent=2) + '\n')
             with open(run_dir / 'history.csv', 'w', newline='') as out:
@@ -252,7 +271,8 @@ def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f} val_loss "
                        f"{row['val_loss']:.4f} val_hero_iou {row['val_hero_iou']:.3f} "
                        f"val_far_hero_detected {row['val_far_hero_detected']:.2f} "
-                       f"val_score {row['val_score']:.3f} (best {self.best:.3f}) "
+                       f"val_score {row['val_score']:.3f} val_mix_score "
+                       f"{row['val_mix_score']:.3f} (best {select_by} {self.best:.3f}) "
                        f"{row['epoch_seconds']:.0f} s", file=sys.stdout)
             sys.stdout.flush()
             if max_minutes and time.monotonic() - self.started > 60.0 * max_minutes:
@@ -439,16 +459,18 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
                                        bool(settings['init_partial']))
             save_json(run_dir / 'init_weights.json', report)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
+    select_by = settings['select_by']
     followme, callbacks = make_callbacks(run_dir, val_frames, loss_fn, steps, epochs,
-                                         float(settings['max_minutes']))
+                                         float(settings['max_minutes']), select_by,
+                                         bool(settings['keep_epoch_weights']))
     try:
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                   shuffle=False, verbose=0)
     except KeyboardInterrupt:
         print('\ninterrupted: best.weights.h5 holds the best epoch so far', flush=True)
     if followme.history:
-        best = max(followme.history, key=lambda h: h['val_score'])
-        print(f"best epoch {best['epoch']}: val_score {best['val_score']:.4f}, "
+        best = max(followme.history, key=lambda h: h[select_by])
+        print(f"best epoch {best['epoch']}: {select_by} {best[select_by]:.4f}, "
               f"weights in {run_dir / 'best.weights.h5'}", flush=True)
     return run_dir
 
