@@ -190,8 +190,15 @@ class Segmenter:
 
 
 def _argmax3(probs: np.ndarray) -> np.ndarray:
-    """np.argmax(probs, axis=2) for three channels, ties to the first, as uint8: 2-4x faster."""
-    first, second, third = probs[..., 0], probs[..., 1], probs[..., 2]
-    channels = (second > first).view(np.uint8)
-    np.copyto(channels, 2, where=third > np.maximum(first, second))
-    return channels
+    """
+    np.argmax(probs, axis=2) for three channels, ties to the first, as uint8.
+
+    OpenCV's vectorised compare and max on the split channels: 6x faster than np.argmax and
+    3x faster than the same steps in numpy on a 256x256 output (docs/perception.md).
+    """
+    first, second, third = cv2.split(probs)
+    channels = cv2.compare(second, first, cv2.CMP_GT)              # 255 where channel 1 wins
+    hero = cv2.compare(third, cv2.max(first, second), cv2.CMP_GT)  # 255 where channel 2 wins
+    np.bitwise_and(channels, 1, out=channels)
+    np.bitwise_and(hero, 2, out=hero)
+    return cv2.max(channels, hero)

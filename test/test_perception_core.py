@@ -8,7 +8,7 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
                                            RangeSource)
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import tint
-from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError, Segmenter
+from followme_perception.segmenter import _argmax3, DEFAULT_PROVIDERS, ModelError, Segmenter
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -73,6 +73,16 @@ def test_class_ids_are_the_argmax_ties_to_the_first_channel(tmp_path, classes):
     segmentation = segmenter.postprocess(probs, (96, 128))
     np.testing.assert_array_equal(segmentation.net_ids, channel_to_id[np.argmax(probs, 2)])
     np.testing.assert_array_equal(segmentation.class_ids[::2, ::2], segmentation.net_ids)
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (1, 7), (5, 1), (3, 4), (256, 256)])
+def test_fast_argmax_is_numpys_on_any_grid(shape):
+    rng = np.random.default_rng(sum(shape))
+    for probs in (rng.dirichlet([1, 1, 1], size=shape).astype(np.float32),
+                  rng.integers(0, 3, (*shape, 3)).astype(np.float32) / 2):  # many ties
+        ids = _argmax3(probs)
+        assert ids.dtype == np.uint8 and ids.shape == shape
+        np.testing.assert_array_equal(ids, np.argmax(probs, 2))
 
 
 @pytest.mark.parametrize('classes', ['hero,background,others', 'others,hero,background'])
@@ -263,6 +273,12 @@ def test_overlay_is_the_alpha_blend_of_each_person_pixel(alpha):
     out = tint(rgb, ids, alpha)
     assert np.abs(out.astype(np.float64) - want).max() <= 1.0   # OpenCV rounds
     np.testing.assert_array_equal(out[ids == 0], rgb[ids == 0])
+    # Into a buffer that holds the frame already (a message's): the same pixels, in place.
+    buffer = bytearray(rgb.tobytes())
+    view = np.frombuffer(buffer, np.uint8).reshape(rgb.shape)
+    assert tint(rgb, ids, alpha, out=view) is view
+    np.testing.assert_array_equal(view, out)
+    np.testing.assert_array_equal(np.frombuffer(buffer, np.uint8).reshape(rgb.shape), out)
     empty = np.zeros_like(ids)
     np.testing.assert_array_equal(tint(rgb, empty, alpha), rgb)
 
