@@ -11,9 +11,14 @@ TINTS[1, 0] = (0, 255, 0)
 TINTS[2, 0] = (0, 0, 255)
 
 
-def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend each person pixel with its class colour; background pixels stay as they are."""
-    out = rgb.copy()
+def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5, out=None) -> np.ndarray:
+    """
+    Blend each person pixel with its class colour; background pixels stay as they are.
+
+    `out`, if given, must already hold a copy of `rgb` (an outgoing message's own buffer, say):
+    only the people's pixels are written to it, and the frame is not copied once more.
+    """
+    out = rgb.copy() if out is None else out
     # Blend only inside the box around all people: usually a small part of the frame.
     x, y, w, h = cv2.boundingRect(class_ids)
     if w == 0 or h == 0:

@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from followme_common.image_msgs import fill_image, image_to_array
 from followme_perception.detection import HeroDetection, RangeSource
 from followme_perception.node import PARAMETERS, PerceptionNode
+from followme_perception.overlay import tint
 from followme_perception.segmenter import ModelError
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -185,6 +186,7 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
         assert overlay.header.stamp.nanosec == 500
         background = expected == 0
         np.testing.assert_array_equal(image_to_array(overlay)[background], seen[background])
+        np.testing.assert_array_equal(image_to_array(overlay), tint(seen, expected, 0.5))
     assert node.error_counts() == {}
 
 
