@@ -353,3 +353,18 @@ def test_evaluate_size_set_needs_name_and_folder(tiny_run, capsys):
     with pytest.raises(SystemExit) as exited:
         evaluate.main(['--model', str(run_dir), '--size-set', str(root / 'val')])
     assert exited.value.code == 2 and 'NAME=FOLDER' in capsys.readouterr().err
+
+
+def test_evaluate_takes_one_weights_file_of_a_run(tiny_run):
+    run_dir, root = tiny_run
+    images = materialize(find_pairs(root / 'val'), (32, 32)).images
+    kept = evaluate.load_predictor(run_dir / 'epochs' / 'epoch_01.weights.h5')
+    first = evaluate.KerasPredictor(run_dir, 'epochs/epoch_01.weights.h5')
+    last = evaluate.KerasPredictor(run_dir, 'last.weights.h5')
+    np.testing.assert_array_equal(kept(images), first(images))
+    assert not np.allclose(first(images), last(images), atol=1e-4)   # the two epochs differ
+    np.testing.assert_array_equal(
+        evaluate.load_predictor(run_dir / 'epochs' / 'epoch_02.weights.h5')(images),
+        last(images))
+    np.testing.assert_array_equal(evaluate.load_predictor(run_dir / 'best.weights.h5')(images),
+                                  evaluate.load_predictor(run_dir)(images))

@@ -3,6 +3,7 @@ Score a model on the classic evaluation sets: the final score, per set, and by h
 
     python -m training.evaluate --model models/followme_fcn.onnx
     python -m training.evaluate --model training_runs/shipped-main   (a run's best weights)
+    python -m training.evaluate --model training_runs/<run>/epochs/epoch_03.weights.h5
 
 Writes report.json, one PNG grid (image | truth | prediction) per evaluation set and
 hero_iou_vs_size.png, where the far-away hero (the classic weak spot) shows up on the left.
@@ -92,8 +93,17 @@ class FlipAveraged:
 
 
 def load_predictor(path, flip_average=False):
+    """An .onnx file, a run folder (its best weights) or one weights file of a run."""
     path = Path(path)
-    predictor = OnnxPredictor(path) if path.suffix == '.onnx' else KerasPredictor(path)
+    if path.suffix == '.onnx':
+        predictor = OnnxPredictor(path)
+    elif path.name.endswith('.weights.h5'):
+        # best/last.weights.h5 sit in the run folder, epochs/epoch_NN.weights.h5 one below.
+        run_dir = next((folder for folder in (path.parent, path.parent.parent)
+                        if (folder / 'config.yaml').is_file()), path.parent)
+        predictor = KerasPredictor(run_dir, path.resolve().relative_to(run_dir.resolve()))
+    else:
+        predictor = KerasPredictor(path)
     return FlipAveraged(predictor) if flip_average else predictor
 
 
@@ -226,7 +236,8 @@ def main(argv=None):
         description='Compute the classic follow-me final score of a model (ONNX file or '
                     'training run folder) on the three evaluation sets.')
     parser.add_argument('--model', required=True,
-                        help='an .onnx file, or a training run folder (uses best.weights.h5)')
+                        help='an .onnx file, a training run folder (uses best.weights.h5) or '
+                             'one weights file of a run, e.g. <run>/epochs/epoch_03.weights.h5')
     parser.add_argument('--data', default=str(DEFAULT_DATA_ROOT / 'sample_evaluation_data'),
                         help='folder holding following_images/, patrol_with_targ/ and '
                              'patrol_non_targ/ (default: %(default)s)')
