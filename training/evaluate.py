@@ -93,7 +93,7 @@ class FlipAveraged:
 
 
 def load_predictor(path, flip_average=False):
-    """An .onnx file, a run folder (its best weights) or one weights file of a run."""
+    """Load a predictor: an .onnx file, a run folder (its best weights) or a run's weights file."""
     path = Path(path)
     if path.suffix == '.onnx':
         predictor = OnnxPredictor(path)
