@@ -263,7 +263,13 @@ def test_export_parity_metadata_and_score(tiny_run, tmp_path):
     assert timing['median_ms'] > 0
     # The decoder's concatenations were rewritten away (graph_rewrite), parity still holds.
     assert 'Concat' not in [n.op_type for n in onnx.load(output).graph.node]
-    assert f"{report['final_score']:.4f}" in (tmp_path / 'CARD.md').read_text()
+    card = (tmp_path / 'CARD.md').read_text()
+    assert f"{report['final_score']:.4f}" in card
+    # The card's validation figures are those of the exported file, and name the rule.
+    validation = evaluate.selection_scores(evaluate.OnnxPredictor(output), [root / 'val'])
+    assert validation['frames'] == 6
+    assert f"mix score {validation['val_mix_score']:.4f}" in card.replace('\n', ' ')
+    assert 'chosen by `val_mix_score`' in card
     # Evaluating the written file reproduces the exported score.
     again = evaluate.evaluate(evaluate.OnnxPredictor(output), root / 'eval')
     assert again['final_score'] == report['final_score']

@@ -165,10 +165,24 @@ def score_folder(predictor, folder, batch_size=32, desc=None) -> tuple:
     desc = desc or Path(folder).name
     frames = materialize(find_pairs(folder), predictor.input_size, f'decoding {desc}')
     probs = predict_all(predictor, frames.images, batch_size, f'predicting {desc}')
+    return score_frames(probs, frames.ids), frames, probs
+
+
+def score_frames(probs, truth_ids) -> scoring.SetScore:
     result = scoring.SetScore()
-    for prob, ids in zip(probs, frames.ids):
+    for prob, ids in zip(probs, truth_ids):
         result.add(scoring.score_frame(prob, ids))
-    return result, frames, probs
+    return result
+
+
+def selection_scores(predictor, folders, batch_size=32) -> dict:
+    """Score the validation figures training chooses an epoch by (train.select_by), any model."""
+    from training.data import find_all_pairs, materialize
+    frames = materialize(find_all_pairs(folders), predictor.input_size, 'decoding validation')
+    probs = predict_all(predictor, frames.images, batch_size, 'predicting validation')
+    result = score_frames(probs, frames.ids)
+    return {'frames': result.count, 'val_score': scoring.single_set_score(result),
+            'val_mix_score': scoring.eval_mix_score(result, probs.shape[1] * probs.shape[2])}
 
 
 def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32,

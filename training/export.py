@@ -11,6 +11,7 @@ ONNX Runtime ms per frame; optionally write the model card from those measured f
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -204,11 +205,18 @@ def _short_path(path) -> str:
     return str(path)
 
 
-def write_card(path, onnx_path, run_dir, report, timing, commit, parity):
+def write_card(path, onnx_path, run_dir, report, timing, commit, parity, weights, validation):
     config = yaml.safe_load((run_dir / 'config.yaml').read_text())
-    best = json.loads((run_dir / 'best.json').read_text())
-    history = (run_dir / 'history.csv').read_text().strip().splitlines()
-    epochs_run = len(history) - 1
+    with open(run_dir / 'history.csv') as rows:
+        history = list(csv.DictReader(rows))
+    epochs_run = len(history)
+    select_by = config['train'].get('select_by', 'val_score')
+    if weights == 'best.weights.h5':
+        epoch = json.loads((run_dir / 'best.json').read_text())['epoch']
+        checkpoint = f'best epoch {epoch} of {epochs_run} run, chosen by `{select_by}`'
+    else:
+        checkpoint = f'weights `{weights}` ({epochs_run} epochs run)'
+
     data = training_data_summary(run_dir)
     rows = '\n'.join(
         f"| `{name}` | {s['frames']} | {s['iou']['hero']:.4f} | {s['iou']['others']:.4f} | "
@@ -262,8 +270,9 @@ Hero IoU against hero size (pixels at the input size, frames of `following_image
 
 Run `{run_dir.name}` (config `{config['name']}`, saved as `config.yaml` in the run folder),
 seed {config['seed']};
-best epoch {best['epoch']} of {epochs_run} run (validation one-set score
-{best['val_score']:.4f}, hero IoU {best['val_hero_iou']:.4f}).
+{checkpoint}. These weights on the validation set ({validation['frames']} frames): one-set
+score {validation['val_score']:.4f}, evaluation-mix score {validation['val_mix_score']:.4f}
+(`val_score` and `val_mix_score`, docs/training.md).
 
 ```yaml
 {yaml.safe_dump({k: config[k] for k in ('model', 'augment', 'train')}, sort_keys=False,
@@ -287,7 +296,7 @@ def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_fr
     import onnx
 
     from training.data import DEFAULT_DATA_ROOT, find_all_pairs, materialize
-    from training.evaluate import evaluate, KerasPredictor, OnnxPredictor
+    from training.evaluate import evaluate, KerasPredictor, OnnxPredictor, selection_scores
     from training.model import ModelConfig
     from training.train import git_commit
     run_dir, output = Path(run_dir), Path(output)
@@ -318,7 +327,8 @@ def export(run_dir, output, weights='best.weights.h5', eval_data=None, parity_fr
     (run_dir / 'export_eval' / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     timing = ms_per_frame(output, input_size)
     if card:
-        write_card(card, output, run_dir, report, timing, commit, parity)
+        validation = selection_scores(OnnxPredictor(output), config['data']['val'])
+        write_card(card, output, run_dir, report, timing, commit, parity, weights, validation)
     return report, timing, parity
 
 
