@@ -374,3 +374,19 @@ def test_evaluate_takes_one_weights_file_of_a_run(tiny_run):
         last(images))
     np.testing.assert_array_equal(evaluate.load_predictor(run_dir / 'best.weights.h5')(images),
                                   evaluate.load_predictor(run_dir)(images))
+
+
+def test_train_command_overrides_seed_and_selection(tiny_run, tmp_path):
+    _, root = tiny_run
+    config = tmp_path / 'tiny.yaml'
+    config.write_text(yaml.safe_dump({
+        'name': 'tiny-cli', 'seed': 1, 'model': TINY_MODEL,
+        'data': {'train': str(root / 'train'), 'val': str(root / 'val')},
+        'train': {'batch_size': 4, 'epochs': 5, 'steps_per_epoch': 5}}))
+    train.main(['--config', str(config), '--output', str(tmp_path / 'runs'), '--name', 'cli',
+                '--epochs', '1', '--steps-per-epoch', '1', '--seed', '7',
+                '--select-by', 'val_mix_score', '--keep-epoch-weights'])
+    saved = yaml.safe_load((tmp_path / 'runs' / 'cli' / 'config.yaml').read_text())
+    assert saved['seed'] == 7 and saved['train']['epochs'] == 1
+    assert saved['train']['select_by'] == 'val_mix_score'
+    assert (tmp_path / 'runs' / 'cli' / 'epochs' / 'epoch_01.weights.h5').is_file()

@@ -485,13 +485,19 @@ def main(argv=None):
     parser.add_argument('--epochs', type=int, help='override train.epochs')
     parser.add_argument('--steps-per-epoch', type=int, help='override train.steps_per_epoch')
     parser.add_argument('--max-minutes', type=float, help='override train.max_minutes')
+    parser.add_argument('--seed', type=int, help='override seed (the same run, another draw)')
+    parser.add_argument('--select-by', choices=SELECTION_METRICS,
+                        help='override train.select_by (the figure that picks best.weights.h5)')
+    parser.add_argument('--keep-epoch-weights', action='store_true', default=None,
+                        help="also keep every epoch's weights in <run>/epochs/")
     args = parser.parse_args(argv)
     overrides = {key: value for key, value in (
         ('epochs', args.epochs), ('steps_per_epoch', args.steps_per_epoch),
-        ('max_minutes', args.max_minutes)) if value is not None}
+        ('max_minutes', args.max_minutes), ('select_by', args.select_by),
+        ('keep_epoch_weights', args.keep_epoch_weights)) if value is not None}
     from training.data import DataError
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, {} if args.seed is None else {'seed': args.seed})
         config['train'].update(overrides)
         train(config, args.output, args.name)
     except (ConfigError, DataError) as err:
