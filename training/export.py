@@ -208,15 +208,13 @@ def _short_path(path) -> str:
 def write_card(path, onnx_path, run_dir, report, timing, commit, parity, weights, validation):
     config = yaml.safe_load((run_dir / 'config.yaml').read_text())
     with open(run_dir / 'history.csv') as rows:
-        history = list(csv.DictReader(rows))
-    epochs_run = len(history)
+        epochs_run = sum(1 for _ in csv.DictReader(rows))
     select_by = config['train'].get('select_by', 'val_score')
     if weights == 'best.weights.h5':
         epoch = json.loads((run_dir / 'best.json').read_text())['epoch']
         checkpoint = f'best epoch {epoch} of {epochs_run} run, chosen by `{select_by}`'
     else:
         checkpoint = f'weights `{weights}` ({epochs_run} epochs run)'
-
     data = training_data_summary(run_dir)
     rows = '\n'.join(
         f"| `{name}` | {s['frames']} | {s['iou']['hero']:.4f} | {s['iou']['others']:.4f} | "
