@@ -11,7 +11,8 @@ from perception_models import colour_model
 import pytest
 from training.evaluate import OnnxPredictor
 from training.export import ms_per_frame, other_cpu_busy
-from training.quantize import class_agreement, QuantizationError, quantize, write_card_section
+from training.quantize import (calibration_summary, class_agreement, QuantizationError, quantize,
+                               write_card_section)
 
 
 def _frames(count, size=64, seed=0):
@@ -28,7 +29,8 @@ def _frames(count, size=64, seed=0):
 def test_int8_model_agrees_with_float_and_keeps_the_contract(tmp_path):
     float_path = colour_model(tmp_path / 'float.onnx')
     int8_path = tmp_path / 'int8.onnx'
-    agreement = quantize(float_path, int8_path, _frames(16), _frames(8, seed=1))
+    agreement = quantize(float_path, int8_path, _frames(16), _frames(8, seed=1),
+                         calibration='16 synthetic frames')
     assert agreement >= 0.99
     model = onnx.load(int8_path)
     ops = {node.op_type for node in model.graph.node}
@@ -38,6 +40,7 @@ def test_int8_model_agrees_with_float_and_keeps_the_contract(tmp_path):
     assert meta['followme.input_size'] == '64,64'
     assert meta['followme.quantized'].startswith('int8')
     assert float(meta['followme.float_agreement']) == pytest.approx(agreement, abs=1e-6)
+    assert meta['followme.calibration'] == '16 synthetic frames'
     # A standard graph: no ORT CPU-layout (NCHWc) operators baked in.
     assert all(node.domain in ('', 'ai.onnx') for node in model.graph.node)
     ort.InferenceSession(str(int8_path), providers=['CPUExecutionProvider'])
@@ -65,8 +68,10 @@ def test_card_section_is_replaced_not_repeated(tmp_path):
     report = {'final_score': 0.4, 'final_iou': 0.52, 'weight': 0.76}
     for fast in (3.3, 3.1):
         write_card_section(card, report, report, timing, dict(timing, median_ms=fast), 0.995,
-                           'int8.onnx')
+                           'int8.onnx', f'{int(fast * 100)} frames evenly spread over x/train')
     text = card.read_text()
+    assert 'calibrated on 310 frames evenly spread over x/train)' in text
+    assert '330 frames' not in text
     assert text.startswith('# Model card\n\nfloat figures\n')
     assert text.count('## The int8 model') == 1 and '3.10' in text and '3.30' not in text
     assert 'other work used 3 % of the' in text
@@ -96,3 +101,9 @@ def test_other_cpu_busy_sees_a_busy_core():
         stop.set()
         spinner.join()
     assert 0.9 / os.cpu_count() <= busy <= 1.0
+
+
+def test_calibration_summary_names_folders_without_this_machines_prefix(tmp_path):
+    shared = tmp_path / 'shared' / 'data' / 'udacity_followme' / 'train'
+    assert calibration_summary([shared, tmp_path / 'mine'], 200) == (
+        f'200 frames evenly spread over udacity_followme/train, {tmp_path / "mine"}')

@@ -190,12 +190,12 @@ def short_score(report) -> dict:
 
 def training_data_summary(run_dir: Path) -> dict:
     fingerprint = json.loads((run_dir / 'data_fingerprint.json').read_text())
-    return {split: {'roots': [_short_path(r) for r in info['roots']],
+    return {split: {'roots': [short_path(r) for r in info['roots']],
                     'frames': info['frames'], 'sha256': info['sha256'][:16]}
             for split, info in fingerprint.items() if split in ('train', 'val')}
 
 
-def _short_path(path) -> str:
+def short_path(path) -> str:
     """Name a data root without this machine's prefix: the shared set's or the repo's path."""
     path = Path(path)
     if 'udacity_followme' in path.parts:

@@ -45,8 +45,14 @@ def _calibration_reader(input_name, batches):
     return Frames()
 
 
-def quantize(float_path, output, calibration_images, agreement_images, min_agreement=0.99):
-    """Write the int8 model of `float_path` to `output`; return the pixel agreement."""
+def quantize(float_path, output, calibration_images, agreement_images, min_agreement=0.99,
+             calibration=''):
+    """
+    Write the int8 model of `float_path` to `output`; return the pixel agreement.
+
+    `calibration` says which frames calibrated it (kept as `followme.calibration`), so the
+    file can be made again.
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static, QuantType
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -77,6 +83,8 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
     metadata.update({'followme.quantized': 'int8 QDQ, per-channel weights, uint8 activations',
                      'followme.float_model': Path(float_path).name,
                      'followme.float_agreement': f'{agreement:.6f}'})
+    if calibration:
+        metadata['followme.calibration'] = calibration
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -98,16 +106,22 @@ def class_agreement(reference, candidate, images, batch_size=32) -> float:
     return same / total if total else 1.0
 
 
+def calibration_summary(folders, frames: int) -> str:
+    """Name the calibration frames without this machine's paths."""
+    from training.export import short_path
+    return f'{frames} frames evenly spread over {", ".join(short_path(f) for f in folders)}'
+
+
 def write_card_section(card, float_report, int8_report, float_timing, int8_timing,
-                       agreement, output):
+                       agreement, output, calibration='training frames'):
     """Put (or replace) the int8 section at the end of the model card."""
     from training.export import describe_timing
     lines = [
         CARD_START, '', f'## The int8 model: {Path(output).name}', '',
         'Made from the float model by `python -m training.quantize` (ONNX Runtime static '
-        'quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on training '
-        'frames). The perception node uses it by default on the CPU; use the float model on '
-        'a GPU.', '',
+        'quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on '
+        f'{calibration}). The perception node uses it by default on the CPU; use the float '
+        'model on a GPU.', '',
         '| | float | int8 |', '|---|---|---|',
     ]
     if float_report and int8_report:
@@ -170,6 +184,7 @@ def main(argv=None):
         step = max(1, len(pairs) // args.calibration_frames)
         calibration = materialize(pairs[::step][:args.calibration_frames], size,
                                   'calibration frames').images
+        calibrated_on = calibration_summary(args.calibration_data, len(calibration))
         agreement_pairs = find_all_pairs([args.agreement_data])
         agreement_images = materialize(agreement_pairs[::max(1, len(agreement_pairs) // 200)],
                                        size, 'agreement frames').images
@@ -177,7 +192,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             draft = Path(tmp) / output.name
             agreement = quantize(args.model, draft, calibration, agreement_images,
-                                 args.min_agreement)
+                                 args.min_agreement, calibrated_on)
             print(f'int8 picks the float class for {agreement:.2%} of pixels')
             float_report = int8_report = None
             if all((Path(args.eval_data) / name).is_dir() for name in scoring.EVAL_SETS):
@@ -203,7 +218,7 @@ def main(argv=None):
           f"{int8_timing['median_ms']:.2f}; written {output}")
     if args.card:
         write_card_section(args.card, float_report, int8_report, float_timing, int8_timing,
-                           agreement, output)
+                           agreement, output, calibrated_on)
 
 
 def _store_score(path, report):
