@@ -72,6 +72,27 @@ def test_synthesized_frames_have_one_small_hero_and_are_reproducible():
     assert (ids[1] == HERO).sum() == 0
 
 
+def test_hero_share_leaves_some_frames_with_small_others_only():
+    # Empty ground to paste into, so every pasted person shows in the mask.
+    empty = (np.full((96, 96, 3), GROUND_RGB, np.uint8), np.zeros((96, 96), np.uint8))
+    frames = [scene(hero=True), empty, empty]
+    images, ids = [f[0] for f in frames], [f[1] for f in frames]
+    kwargs = {'seed': 5, 'height_range': (8.0, 16.0), 'min_cutout_pixels': 100}
+    none = list(synthesize(images, ids, 20, hero_share=0.0, **kwargs))
+    for _, mask in none:
+        assert (mask == HERO).sum() == 0, 'no hero at share 0'
+        assert (mask == OTHERS).any(), 'at least one small other pasted'
+    half = list(synthesize(images, ids, 40, hero_share=0.5, **kwargs))
+    with_hero = sum(bool((mask == HERO).any()) for _, mask in half)
+    assert 8 <= with_hero <= 32, with_hero
+    # The default share draws exactly as before: pasted sets made earlier stay the same.
+    default = list(synthesize(images, ids, 12, **kwargs))
+    full = list(synthesize(images, ids, 12, hero_share=1.0, **kwargs))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(default, full))
+    assert all((mask == HERO).any() for _, mask in default)
+
+
 def test_online_stream_is_the_synthesized_frames_without_end():
     frames = [scene(hero=True), scene(hero=False), scene(hero=False)]
     images, ids = np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames])
@@ -117,7 +138,8 @@ def test_written_set_is_a_valid_classic_set(tmp_path):
                             height_range=(10.0, 20.0), min_cutout_pixels=100)
     pairs = find_pairs(tmp_path / 'out')
     assert len(pairs) == 5 and manifest['frames'] == 5
-    assert json.loads((tmp_path / 'out' / 'manifest.json').read_text())['seed'] == 1
+    written = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
+    assert written['seed'] == 1 and written['hero_share'] == 1.0
     assert cv2.imread(str(tmp_path / 'out' / 'preview.png')).shape == (192, 4 * 192, 3)
 
 
@@ -131,6 +153,9 @@ def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(['--source', str(tmp_path / 'missing'), '--output', str(tmp_path / 'o')])
     assert done.value.code == 2 and 'images/' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(['--source', str(tmp_path), '--output', str(tmp_path / 'o'), '--hero-share', '2'])
+    assert done.value.code == 2 and '--hero-share' in capsys.readouterr().err
 
 
 def test_nearest_shrink_keeps_hard_edges():

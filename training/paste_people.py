@@ -104,10 +104,12 @@ def load_frames(source, size) -> tuple:
 
 
 def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout_pixels=400,
-               others_probability=0.5, shrink='area'):
+               others_probability=0.5, shrink='area', hero_share=1.0):
     """
     Yield `frames` (image, ids) pairs, each a hero-free frame with one small hero pasted in.
 
+    With hero_share < 1, only that share of frames gets the hero; the others get small other
+    people only (at least one), so that "small pasted person" does not mean "hero" either.
     Raises DataError when the source has no hero-free frame or no whole hero to cut out.
     """
     heroes, others, backgrounds = [], [], []
@@ -126,11 +128,15 @@ def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout
     for _ in range(frames):
         index = backgrounds[int(rng.integers(len(backgrounds)))]
         image, mask = images[index].copy(), ids[index].copy()
+        # No draw for the default share: pasted sets made before it stay the same.
+        with_hero = hero_share >= 1.0 or rng.random() < hero_share
         extra = [others[int(rng.integers(len(others)))] for _ in range(MAX_OTHERS)
                  if others and rng.random() < others_probability]
-        hero = heroes[int(rng.integers(len(heroes)))]
+        if not with_hero and not extra and others:
+            extra = [others[int(rng.integers(len(others)))]]
+        hero = [heroes[int(rng.integers(len(heroes)))]] if with_hero else []
         # The hero last, so a pasted other never hides it.
-        for cutout in extra + [hero]:
+        for cutout in extra + hero:
             paste(image, mask, cutout, math.exp(rng.uniform(low, high)), rng,
                   bool(rng.random() < 0.5), shrink)
         yield image, mask
@@ -166,7 +172,7 @@ def preview(pairs, path, columns=4):
 
 def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(6.0, 48.0),
                  min_cutout_pixels=400, prefix='pasted', preview_frames=16,
-                 shrink='area') -> dict:
+                 shrink='area', hero_share=1.0) -> dict:
     """Write `frames` pasted pairs in the classic layout under output; return the manifest."""
     images, ids = load_frames(source, size)
     output = Path(output)
@@ -174,7 +180,7 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
     (output / 'masks').mkdir(parents=True, exist_ok=True)
     shown, hero_pixels = [], []
     pairs = synthesize(images, ids, frames, seed, height_range, min_cutout_pixels,
-                       shrink=shrink)
+                       shrink=shrink, hero_share=hero_share)
     for index, (image, mask) in enumerate(tqdm(pairs, total=frames, desc='pasting',
                                                unit='frame')):
         cv2.imwrite(str(output / 'images' / f'{prefix}_cam1_{index:05d}.jpeg'),
@@ -188,7 +194,7 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
         preview(shown, output / 'preview.png')
     manifest = {'source': str(source), 'frames': frames, 'seed': seed, 'size': list(size),
                 'height_range': list(height_range), 'min_cutout_pixels': min_cutout_pixels,
-                'shrink': shrink,
+                'shrink': shrink, 'hero_share': hero_share,
                 'hero_pixels_median': float(np.median(hero_pixels)) if hero_pixels else 0.0}
     save_json(output / 'manifest.json', manifest)
     return manifest
@@ -214,7 +220,13 @@ def main(argv=None):
     parser.add_argument('--shrink', choices=sorted(SHRINK), default='area',
                         help="'area': smooth, blended edges; 'nearest': hard, aliased edges, "
                              'as the simulator draws far-away people (default: %(default)s)')
+    parser.add_argument('--hero-share', type=float, default=1.0,
+                        help='share of frames that get the hero; the rest get small other '
+                             'people only, so a small pasted person is not always the hero '
+                             '(default: %(default)s)')
     args = parser.parse_args(argv)
+    if not 0.0 <= args.hero_share <= 1.0:
+        parser.error('--hero-share must be between 0 and 1')
     if args.frames < 1:
         parser.error('--frames must be at least 1')
     if not 1.0 <= args.height_range[0] <= args.height_range[1]:
@@ -224,7 +236,8 @@ def main(argv=None):
     try:
         manifest = write_pasted(args.source, args.output, args.frames, args.seed,
                                 tuple(args.size), tuple(args.height_range),
-                                args.min_cutout_pixels, shrink=args.shrink)
+                                args.min_cutout_pixels, shrink=args.shrink,
+                                hero_share=args.hero_share)
     except DataError as err:
         parser.exit(2, f'error: {err}\n')
     print(f"wrote {manifest['frames']} pairs to {args.output} (median hero "
