@@ -140,6 +140,7 @@ def test_written_set_is_a_valid_classic_set(tmp_path):
     assert len(pairs) == 5 and manifest['frames'] == 5
     written = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
     assert written['seed'] == 1 and written['hero_share'] == 1.0
+    assert written['frames_with_hero'] == 5 and written['hero_pixels_median'] > 0
     assert cv2.imread(str(tmp_path / 'out' / 'preview.png')).shape == (192, 4 * 192, 3)
 
 

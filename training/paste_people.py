@@ -187,7 +187,8 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
                     cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         cv2.imwrite(str(output / 'masks' / f'{prefix}_mask_{index:05d}.png'),
                     cv2.cvtColor(MASK_COLOURS[mask], cv2.COLOR_RGB2BGR))
-        hero_pixels.append(int((mask == HERO).sum()))
+        if (mask == HERO).any():
+            hero_pixels.append(int((mask == HERO).sum()))
         if len(shown) < preview_frames:
             shown.append((image, mask))
     if shown:
@@ -195,6 +196,7 @@ def write_pasted(source, output, frames, seed=0, size=(256, 256), height_range=(
     manifest = {'source': str(source), 'frames': frames, 'seed': seed, 'size': list(size),
                 'height_range': list(height_range), 'min_cutout_pixels': min_cutout_pixels,
                 'shrink': shrink, 'hero_share': hero_share,
+                'frames_with_hero': len(hero_pixels),
                 'hero_pixels_median': float(np.median(hero_pixels)) if hero_pixels else 0.0}
     save_json(output / 'manifest.json', manifest)
     return manifest
@@ -240,8 +242,9 @@ def main(argv=None):
                                 hero_share=args.hero_share)
     except DataError as err:
         parser.exit(2, f'error: {err}\n')
-    print(f"wrote {manifest['frames']} pairs to {args.output} (median hero "
-          f"{manifest['hero_pixels_median']:.0f} pixels); see preview.png there")
+    print(f"wrote {manifest['frames']} pairs to {args.output} ({manifest['frames_with_hero']} "
+          f"with a hero, median {manifest['hero_pixels_median']:.0f} pixels); see preview.png "
+          'there')
 
 
 if __name__ == '__main__':
