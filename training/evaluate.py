@@ -175,14 +175,20 @@ def score_frames(probs, truth_ids) -> scoring.SetScore:
     return result
 
 
+def selection_figures(result: scoring.SetScore, frame_pixels: int) -> dict:
+    """Compute the validation figures training can choose an epoch by (train.select_by)."""
+    return {'val_score': scoring.single_set_score(result),
+            'val_mix_score': scoring.eval_mix_score(result, frame_pixels)}
+
+
 def selection_scores(predictor, folders, batch_size=32) -> dict:
     """Score the validation figures training chooses an epoch by (train.select_by), any model."""
     from training.data import find_all_pairs, materialize
     frames = materialize(find_all_pairs(folders), predictor.input_size, 'decoding validation')
     probs = predict_all(predictor, frames.images, batch_size, 'predicting validation')
     result = score_frames(probs, frames.ids)
-    return {'frames': result.count, 'val_score': scoring.single_set_score(result),
-            'val_mix_score': scoring.eval_mix_score(result, probs.shape[1] * probs.shape[2])}
+    return {'frames': result.count,
+            **selection_figures(result, probs.shape[1] * probs.shape[2])}
 
 
 def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32,

@@ -166,20 +166,18 @@ def far_hero_detected(frame_scores, frame_pixels: int) -> float:
 
 def validation_metrics(model, frames, loss_fn, batch_size=32) -> dict:
     """Loss, hero IoU, the one-set and mix scores, far-hero detection on the validation set."""
+    from training.evaluate import score_frames, selection_figures
     probs = predict(model, frames.images, batch_size)
     losses = [float(loss_fn(frames.ids[s:s + batch_size], probs[s:s + batch_size]))
               for s in range(0, len(probs), batch_size)]
-    result = scoring.SetScore()
-    for prob, ids in zip(probs, frames.ids):
-        result.add(scoring.score_frame(prob, ids))
+    result = score_frames(probs, frames.ids)
     with_hero = [f.hero_iou for f in result.frames if f.truth_present]
     frame_pixels = probs.shape[1] * probs.shape[2]
     return {
         'val_loss': float(np.mean(losses)),
         'val_hero_iou': float(np.mean(with_hero)) if with_hero else 0.0,
         'val_weight': scoring.detection_weight([result]),
-        'val_score': scoring.single_set_score(result),
-        'val_mix_score': scoring.eval_mix_score(result, frame_pixels),
+        **selection_figures(result, frame_pixels),
         'val_far_hero_detected': far_hero_detected(result.frames, frame_pixels),
     }
 
