@@ -110,6 +110,16 @@ def test_pipeline_shapes_dtypes_and_range(tmp_path):
     assert set(np.unique(ids.numpy())) <= {0, 1, 2}
 
 
+def test_false_hero_frames_are_seen_their_repeats_per_pass(tmp_path):
+    frames = materialize(find_pairs(write_classic_set(tmp_path / 'a', frames=6)), (32, 32))
+    dataset = training_dataset(frames, batch_size=1, seed=3, false_hero_frames=[1, 4],
+                               false_hero_repeats=3)
+    # One pass is 4 + 2 x 3 = 10 draws; the shuffle buffer holds all of them.
+    drawn = [ids.numpy()[0] for _, ids in dataset.take(10)]
+    seen = [sum(np.array_equal(ids, frame_ids) for ids in drawn) for frame_ids in frames.ids]
+    assert seen == [1, 3, 1, 1, 3, 1]
+
+
 def test_extra_stream_makes_up_its_share_of_the_draws(tmp_path):
     frames = materialize(find_pairs(write_classic_set(tmp_path / 'a', frames=6)), (32, 32))
     # Marked frames: every pixel hero, which no synthetic frame is.

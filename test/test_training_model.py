@@ -146,6 +146,45 @@ def test_best_epoch_follows_select_by_and_every_epoch_is_kept(tiny_run):
     assert kept == ['epoch_01.weights.h5', 'epoch_02.weights.h5']
 
 
+def _frames_and_model(root, hero_bias):
+    """Load the tiny set's frames; build a tiny model whose last bias sees a hero or not."""
+    frames = materialize(find_pairs(root / 'train'), (32, 32))
+    model = build_model(ModelConfig.from_dict(TINY_MODEL))
+    kernel, bias = model.get_layer('classes').get_weights()
+    bias[:] = (0.0, 0.0, hero_bias)
+    model.get_layer('classes').set_weights([kernel * 0.0, bias])
+    return frames, model
+
+
+def test_false_hero_frames_are_the_empty_frames_where_the_model_sees_a_hero(tiny_run):
+    _, root = tiny_run
+    frames, sees_hero_everywhere = _frames_and_model(root, 50.0)
+    empty = np.flatnonzero(frames.hero_pixels == 0)
+    assert len(empty) and len(empty) < len(frames.pairs)
+    assert list(train.false_hero_frames(sees_hero_everywhere, frames, chunk=2)) == list(empty)
+    _, never_sees_one = _frames_and_model(root, -50.0)
+    assert len(train.false_hero_frames(never_sees_one, frames)) == 0
+
+
+def test_false_hero_repeats_mines_the_starting_weights_and_records_them(tiny_run, tmp_path):
+    run_dir, root = tiny_run
+    config = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    config['train'].update(epochs=1, steps_per_epoch=1, false_hero_repeats=3,
+                           keep_epoch_weights=False)
+    with pytest.raises(train.ConfigError, match='needs train.init_weights'):
+        train.train(train.merge_config(config), tmp_path, 'no-init')
+    config['train']['init_weights'] = str(run_dir)
+    mined_dir = train.train(train.merge_config(config), tmp_path, 'mined')
+    record = json.loads((mined_dir / 'false_heroes.json').read_text())
+    frames, _ = _frames_and_model(root, 0.0)
+    assert record['frames_without_hero'] == int((frames.hero_pixels == 0).sum())
+    assert record['repeats'] == 3 and record['false_heroes'] == len(record['files'])
+    starting = build_model(ModelConfig.from_dict(TINY_MODEL))
+    starting.load_weights(run_dir / 'best.weights.h5')
+    expected = train.false_hero_frames(starting, frames)
+    assert record['files'] == [str(frames.pairs[i].image) for i in expected]
+
+
 # Two logical CPUs stand in for two GPUs (no machine of ours has several): TensorFlow's own
 # MirroredStrategy over them, as on a multi-GPU machine. Logical devices must be set before
 # TensorFlow starts, hence a process of its own.

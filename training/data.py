@@ -201,19 +201,23 @@ def to_model_input(images):
 
 def training_dataset(frames: FrameSet, batch_size: int, seed: int, augment_fn=None,
                      small_hero_pixels: int = 0, small_hero_repeats: int = 1,
-                     extra: tf.data.Dataset = None, extra_share: float = 0.0) -> tf.data.Dataset:
+                     extra: tf.data.Dataset = None, extra_share: float = 0.0,
+                     false_hero_frames=(), false_hero_repeats: int = 1) -> tf.data.Dataset:
     """
     Build endless shuffled, augmented, prefetched (image float, ids uint8) batches.
 
     Frames whose hero covers 1..small_hero_pixels pixels (the far-away hero, the classic weak
-    spot) are seen small_hero_repeats times per pass. `extra`, an endless stream of (image
-    uint8, ids uint8) pairs at the same size (frames pasted on the fly), makes up `extra_share`
-    of the draws, before augmentation.
+    spot) are seen small_hero_repeats times per pass, and the frames at the indices
+    false_hero_frames (frames without a hero where a model sees one) false_hero_repeats times.
+    `extra`, an endless stream of (image uint8, ids uint8) pairs at the same size (frames
+    pasted on the fly), makes up `extra_share` of the draws, before augmentation.
     """
     repeats = np.ones(len(frames.pairs), np.int64)
     if small_hero_repeats > 1:
         small = (frames.hero_pixels > 0) & (frames.hero_pixels <= small_hero_pixels)
         repeats[small] = small_hero_repeats
+    if false_hero_repeats > 1 and len(false_hero_frames):
+        repeats[np.asarray(false_hero_frames, np.int64)] = false_hero_repeats
     dataset = tf.data.Dataset.zip(
         frames.dataset.map(lambda image, ids, hero, original: (image, ids)),
         tf.data.Dataset.from_tensor_slices(repeats))

@@ -41,6 +41,8 @@ DEFAULTS = {
         'dice_weight': 0.0,          # weight of a soft-dice term on the hero class
         'small_hero_pixels': 0,      # frames whose hero covers 1..N pixels at input size...
         'small_hero_repeats': 1,     # ...are seen this many times per pass
+        'false_hero_repeats': 1,     # frames without a hero where init_weights see one: hard
+                                     # negatives, seen this many times per pass
         'max_minutes': 0.0,          # stop after this much wall time (0: no limit)
         'max_train_frames': 0,       # a seeded random subset of the data (0: all of it),
         'max_val_frames': 0,         # e.g. for the hyper-parameter search
@@ -180,6 +182,37 @@ def validation_metrics(model, frames, loss_fn, batch_size=32) -> dict:
         **selection_figures(result, frame_pixels),
         'val_far_hero_detected': far_hero_detected(result.frames, frame_pixels),
     }
+
+
+def false_hero_frames(model, frames, batch_size=32, chunk=256) -> np.ndarray:
+    """Find the frames without a hero where `model` predicts one (the classic test): indices."""
+    empty = np.flatnonzero(frames.hero_pixels == 0)
+    found = []
+    for start in range(0, len(empty), chunk):
+        index = empty[start:start + chunk]
+        probs = predict(model, frames.images[index], batch_size)
+        hero_pixels = (np.argmax(probs, axis=-1) == scoring.HERO).sum(axis=(1, 2))
+        found.append(index[hero_pixels > scoring.PRESENT_PIXELS])
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _hard_negatives(model, settings, frames, run_dir) -> np.ndarray:
+    """Mine the starting weights' false heroes in the training frames; record them."""
+    from training.data import save_json
+    repeats = int(settings['false_hero_repeats'])
+    if repeats <= 1:
+        return np.zeros(0, np.int64)
+    if not settings['init_weights']:
+        raise ConfigError('train.false_hero_repeats needs train.init_weights: the frames are '
+                          'those where the starting weights see a hero that is not there')
+    index = false_hero_frames(model, frames)
+    empty = int((frames.hero_pixels == 0).sum())
+    print(f'false heroes: {len(index)} of {empty} training frames without a hero, '
+          f'seen {repeats} times per pass', flush=True)
+    save_json(run_dir / 'false_heroes.json', {
+        'frames_without_hero': empty, 'false_heroes': len(index), 'repeats': repeats,
+        'files': [str(frames.pairs[i].image) for i in index]})
+    return index
 
 
 def git_commit() -> str:
@@ -440,10 +473,6 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
             print(f'{label}: {frames.resized} frames had an unusual size and were resized',
                   flush=True)
 
-    dataset = training_dataset(
-        train_frames, int(settings['batch_size']), int(config['seed']),
-        make_augment_fn(augment_config), int(settings['small_hero_pixels']),
-        int(settings['small_hero_repeats']), pasted, float(settings['paste_share']))
     steps, epochs = int(settings['steps_per_epoch']), int(settings['epochs'])
     learning_rate = float(settings['learning_rate'])
     if settings['lr_schedule'] == 'cosine':
@@ -457,6 +486,12 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
                                        bool(settings['init_partial']))
             save_json(run_dir / 'init_weights.json', report)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
+    dataset = training_dataset(
+        train_frames, int(settings['batch_size']), int(config['seed']),
+        make_augment_fn(augment_config), int(settings['small_hero_pixels']),
+        int(settings['small_hero_repeats']), pasted, float(settings['paste_share']),
+        _hard_negatives(model, settings, train_frames, run_dir),
+        int(settings['false_hero_repeats']))
     select_by = settings['select_by']
     followme, callbacks = make_callbacks(run_dir, val_frames, loss_fn, steps, epochs,
                                          float(settings['max_minutes']), select_by,
