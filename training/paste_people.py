@@ -106,10 +106,10 @@ def load_frames(source, size) -> tuple:
 def synthesize(images, ids, frames, seed=0, height_range=(6.0, 48.0), min_cutout_pixels=400,
                others_probability=0.5, shrink='area', hero_share=1.0):
     """
-    Yield `frames` (image, ids) pairs, each a hero-free frame with one small hero pasted in.
+    Yield `frames` (image, ids) pairs: hero-free frames with small people pasted in.
 
-    With hero_share < 1, only that share of frames gets the hero; the others get small other
-    people only (at least one), so that "small pasted person" does not mean "hero" either.
+    A share hero_share of the frames (default: all) gets one small hero; the others get small
+    other people only (at least one), so that "small pasted person" does not mean "hero".
     Raises DataError when the source has no hero-free frame or no whole hero to cut out.
     """
     heroes, others, backgrounds = [], [], []
