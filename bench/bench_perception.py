@@ -356,8 +356,8 @@ def bench_classic(keras_model, onnx_path, count, node_model=None):
 
     node_model: the node's own ONNX file (the shipped int8 model, say), timed on the same
     frames in the same run. One contender after the other, not in turns frame by frame: right
-    after a Keras call TensorFlow's threads still hold the 2 cores, and ONNX Runtime ran twice
-    as slow in turns (docs/perception.md).
+    after a Keras call TensorFlow's threads still hold the 2 cores, and ONNX Runtime ran nearly
+    twice as slow in turns (docs/perception.md).
     """
     import onnxruntime as ort
     from tqdm import tqdm

@@ -172,7 +172,7 @@ def test_false_hero_repeats_mines_the_starting_weights_and_records_them(tiny_run
     config['train'].update(epochs=1, steps_per_epoch=1, false_hero_repeats=3,
                            keep_epoch_weights=False)
     with pytest.raises(train.ConfigError, match='needs train.init_weights'):
-        train.train(train.merge_config(config), tmp_path, 'no-init')
+        train.merge_config(config)
     config['train']['init_weights'] = str(run_dir)
     mined_dir = train.train(train.merge_config(config), tmp_path, 'mined')
     record = json.loads((mined_dir / 'false_heroes.json').read_text())

@@ -90,6 +90,9 @@ def merge_config(loaded: dict, overrides=None) -> dict:
                 config[key] = value
     if config['train']['lr_schedule'] not in ('constant', 'cosine'):
         raise ConfigError("train.lr_schedule must be 'constant' or 'cosine'")
+    if int(config['train']['false_hero_repeats']) > 1 and not config['train']['init_weights']:
+        raise ConfigError('train.false_hero_repeats needs train.init_weights: the frames are '
+                          'those where the starting weights see a hero that is not there')
     if config['train']['select_by'] not in SELECTION_METRICS:
         raise ConfigError(f"train.select_by must be one of {', '.join(SELECTION_METRICS)}, "
                           f"not {config['train']['select_by']!r}")
@@ -202,9 +205,6 @@ def _hard_negatives(model, settings, frames, run_dir) -> np.ndarray:
     repeats = int(settings['false_hero_repeats'])
     if repeats <= 1:
         return np.zeros(0, np.int64)
-    if not settings['init_weights']:
-        raise ConfigError('train.false_hero_repeats needs train.init_weights: the frames are '
-                          'those where the starting weights see a hero that is not there')
     index = false_hero_frames(model, frames)
     empty = int((frames.hero_pixels == 0).sum())
     print(f'false heroes: {len(index)} of {empty} training frames without a hero, '
