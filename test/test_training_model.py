@@ -83,6 +83,16 @@ def test_shipped_configs_load():
             classic['steps_per_epoch']) == (0.01, 32, 30, 100)
 
 
+def test_bench_model_sizes_variants_build():
+    sys.path.insert(0, str(train.REPO))
+    from bench import bench_model_sizes
+    for name, architecture in bench_model_sizes.VARIANTS.items():
+        model = build_model(ModelConfig.from_dict(architecture))
+        assert model.output_shape == (None, 256, 256, 3), name
+    with pytest.raises(SystemExit):
+        bench_model_sizes.parse_args(['--variants', 'shipped,no_such_network'])
+
+
 @pytest.mark.parametrize('command', [train.main, evaluate.main, export.main, raw_import.main,
                                      search.main])
 def test_commands_have_help(command, capsys):
