@@ -34,7 +34,7 @@ VARIANTS = {
                   'decoder_reduce': [0, 0, 40]},
     'wider_150': {**SHIPPED, 'encoder_filters': [48, 96, 192], 'bottleneck_filters': 192,
                   'decoder_reduce': [0, 0, 48]},
-    # A fourth encoder level: more context at 1/16 of the input, little cost at that size.
+    # A fourth encoder level: more context, at 1/16 of the input; the decoder widths follow.
     'deeper_4_levels': {**SHIPPED, 'encoder_filters': [32, 64, 128, 256],
                         'bottleneck_filters': 256, 'decoder_convs': [2, 2, 2, 1],
                         'decoder_reduce': [0, 0, 0, 32]},
@@ -51,8 +51,8 @@ def parse_args(argv=None):
                         help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)")
     parser.add_argument('--runs', type=int, default=300,
                         help='timed runs per file, in three rounds (default 300)')
-    parser.add_argument('--sweeps', type=int, default=3,
-                        help='times every file is timed, in turn (default 3)')
+    parser.add_argument('--sweeps', type=int, default=4,
+                        help='times every file is timed, in turn (default 4)')
     parser.add_argument('--markdown', type=Path, help='also write the table to this file')
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.variants.split(',') if name.strip()]
@@ -68,7 +68,7 @@ def calibration_images(size, count=CALIBRATION_FRAMES):
     """Real frames (the shared train set) at the network size, else uniform noise."""
     import numpy as np
     from bench.bench_perception import frames
-    return np.stack(list(frames(size[0], size[1], count)))
+    return np.stack(frames(size[0], size[1], count))
 
 
 def export_variant(name, architecture, folder) -> dict:
