@@ -194,7 +194,9 @@ def false_hero_frames(model, frames, batch_size=32, chunk=256) -> np.ndarray:
     for start in range(0, len(empty), chunk):
         index = empty[start:start + chunk]
         probs = predict(model, frames.images[index], batch_size)
-        hero_pixels = (np.argmax(probs, axis=-1) == scoring.HERO).sum(axis=(1, 2))
+        # The classic score's test (scoring.score_frame), not the arg-max.
+        hero_pixels = np.count_nonzero(probs[..., scoring.HERO] > scoring.PROBABILITY_THRESHOLD,
+                                       axis=(1, 2))
         found.append(index[hero_pixels > scoring.PRESENT_PIXELS])
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
