@@ -84,7 +84,6 @@ def test_shipped_configs_load():
 
 
 def test_bench_model_sizes_variants_build():
-    sys.path.insert(0, str(train.REPO))
     from bench import bench_model_sizes
     for name, architecture in bench_model_sizes.VARIANTS.items():
         model = build_model(ModelConfig.from_dict(architecture))
