@@ -41,6 +41,9 @@ VARIANTS = {
     # The same, kept at 128 channels below 1/8 with one convolution in its new decoder block.
     'deeper_4_levels_narrow': {**SHIPPED, 'encoder_filters': [32, 64, 128, 128],
                                'decoder_convs': [1, 2, 2, 1], 'decoder_reduce': [0, 0, 0, 32]},
+    # The shipped network plus a context level (model.context_filters) added to its bottleneck:
+    # the one way to more context that keeps every trained layer, so it fine-tunes.
+    'context_128': {**SHIPPED, 'context_filters': 128},
 }
 CALIBRATION_FRAMES = 20
 

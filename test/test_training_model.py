@@ -48,6 +48,26 @@ def test_decoder_blocks_can_differ_and_narrow_before_upsampling():
     assert ModelConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
 
 
+def test_a_context_level_starts_as_the_network_without_it():
+    plain = build_model(ModelConfig.from_dict(TINY_MODEL))
+    rng = np.random.default_rng(4)
+    for weight in plain.weights:  # signed, small: outputs far from a saturated softmax
+        positive = 'variance' in weight.path or 'gamma' in weight.path
+        low, high = (0.5, 1.5) if positive else (-0.5, 0.5)
+        weight.assign(rng.uniform(low, high, tuple(weight.shape)).astype('float32'))
+    grown = build_model(ModelConfig.from_dict({**TINY_MODEL, 'context_filters': 6}))
+    train._copy_matching_layers(plain, grown)
+    assert grown.get_layer('context_up').output.shape[1:] == (8, 8, 8)
+    pixels = rng.uniform(-1, 1, (2, 32, 32, 3)).astype('float32')
+    expected = np.asarray(plain(pixels, training=False))
+    assert expected.max() < 0.99  # a comparison that can fail
+    np.testing.assert_allclose(grown(pixels, training=False), expected, atol=1e-6)
+    # The projection is the only thing that makes it a no-op: nonzero, the outputs part.
+    project = grown.get_layer('context_project')
+    project.set_weights([np.full(project.weights[0].shape, 0.5, np.float32)])
+    assert np.abs(grown(pixels, training=False) - expected).max() > 1e-3
+
+
 @pytest.mark.parametrize('bad, message', [
     ({'input_size': [100, 100]}, 'multiple'),
     ({'kernel_size': 4}, 'odd'),
@@ -57,6 +77,8 @@ def test_decoder_blocks_can_differ_and_narrow_before_upsampling():
     ({'decoder_convs': [2, 2, 0]}, 'at least 1'),
     ({'decoder_reduce': [0, 0]}, 'one value per decoder block'),
     ({'decoder_reduce': [0, 0, -4]}, '0 \\(none\\) or positive'),
+    ({'input_size': [24, 24], 'context_filters': 8}, 'multiple of 2 \\*\\* 4'),
+    ({'context_filters': -1}, 'context_filters must be'),
 ])
 def test_bad_model_config_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):

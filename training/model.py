@@ -7,7 +7,8 @@ concatenation with the matching encoder output, the last one with the input, sep
 + batch norm) and a 1x1 softmax over the 3 classes. Input: RGB scaled to [-1, 1].
 Beyond the classic: the number of separable convs per decoder block, and an optional 1x1
 convolution that narrows a block's input before its upsampling (upsampling and the depthwise
-convolution after it cost per channel at the higher resolution).
+convolution after it cost per channel at the higher resolution), and an optional context level
+that adds a wider view to the bottleneck and starts as a no-op, so a trained network can grow it.
 Only keras.layers / keras.ops are used, so the model also runs on the JAX backend.
 """
 
@@ -28,6 +29,10 @@ class ModelConfig:
     decoder_convs: object = 2               # separable convs per decoder block: int or one each
     # Per decoder block: a 1x1 conv to this many channels before its upsampling (0: none).
     decoder_reduce: tuple = ()
+    # A context level below the deepest encoder block (0: none): one more stride-2 block whose
+    # output, projected by a zero-initialised 1x1 conv and upsampled, is added to the
+    # bottleneck. Zero at the start, so a trained network keeps its function when it is added.
+    context_filters: int = 0
 
     @classmethod
     def from_dict(cls, values):
@@ -65,9 +70,13 @@ class ModelConfig:
         if depth < 1 or len(self.decoder) != depth:
             raise ValueError(f'need as many decoder as encoder blocks (>= 1), got '
                              f'{len(self.decoder)} and {depth}')
-        if len(self.input_size) != 2 or any(s % (2 ** depth) for s in self.input_size):
+        levels = depth + (1 if self.context_filters else 0)
+        if len(self.input_size) != 2 or any(s % (2 ** levels) for s in self.input_size):
             raise ValueError(f'input_size {self.input_size} must be (H, W), each a multiple '
-                             f'of 2 ** depth = {2 ** depth}')
+                             f'of 2 ** {levels} = {2 ** levels} (encoder and context levels)')
+        if self.context_filters < 0:
+            raise ValueError(f'context_filters must be 0 (none) or positive, got '
+                             f'{self.context_filters}')
         for key, values in (('decoder_convs', self.convs_per_block),
                             ('decoder_reduce', self.reduce_per_block)):
             if len(values) != depth:
@@ -115,6 +124,13 @@ def build_model(config: ModelConfig = ModelConfig(), name='followme_fcn') -> ker
         skips.append(x)
     x = keras.layers.Conv2D(config.bottleneck_filters, 1, use_bias=False, name='bottleneck')(x)
     x = keras.layers.BatchNormalization(name='bottleneck_bn')(x)
+    if config.context_filters:
+        context = _separable_bn(skips[-1], config.context_filters, config.kernel_size, 2,
+                                'context')
+        context = keras.layers.Conv2D(config.bottleneck_filters, 1, use_bias=False,
+                                      kernel_initializer='zeros', name='context_project')(context)
+        context = BilinearUpsample2x(name='context_up')(context)
+        x = keras.layers.Add(name='context_add')([x, context])
     x = keras.layers.ReLU(name='bottleneck_relu')(x)
     skips.pop()  # the deepest encoder output feeds the bottleneck, not a skip
     blocks = zip(config.decoder, config.convs_per_block, config.reduce_per_block)
