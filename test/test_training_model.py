@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from test_training_data import write_classic_set
-from training import evaluate, export, raw_import, search, train
+from training import evaluate, export, onnx_import, raw_import, search, train
 from training.data import DataError, find_pairs, materialize
 from training.model import build_model, ModelConfig
 import yaml
@@ -115,7 +115,7 @@ def test_bench_model_sizes_variants_build():
 
 
 @pytest.mark.parametrize('command', [train.main, evaluate.main, export.main, raw_import.main,
-                                     search.main])
+                                     onnx_import.main, search.main])
 def test_commands_have_help(command, capsys):
     with pytest.raises(SystemExit) as exited:
         command(['--help'])
