@@ -1,5 +1,6 @@
 """A fine-tune starts from the weights it names (train.init_weights)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -40,6 +41,44 @@ def test_fine_tune_starts_from_the_given_weights(tmp_path):
     fresh = train.train(tiny_config(tmp_path, learning_rate=0.0), tmp_path / 'runs', 'fresh')
     assert any(not np.array_equal(a, b) for a, b in
                zip(kernels(start), kernels(fresh / 'last.weights.h5')))
+
+
+def test_fine_tune_starts_from_an_exported_onnx_model(tmp_path):
+    """Users have the shipped .onnx, not its run folder: a fine-tune imports it first."""
+    import onnx
+    from training.export import contract_metadata, convert, set_metadata
+    config = ModelConfig.from_dict(TINY_MODEL)
+    model = build_model(config)
+    rng = np.random.default_rng(5)
+    for weight in model.weights:  # none at an initialiser's value, so every one must load
+        positive = 'variance' in weight.path or 'gamma' in weight.path
+        weight.assign(rng.uniform(*((0.5, 1.5) if positive else (-0.5, 0.5)),
+                                  tuple(weight.shape)).astype('float32'))
+    proto = convert(model, config.input_size)
+    set_metadata(proto, contract_metadata(config.input_size, {}, None, 'test',
+                                          dataclasses.asdict(config)))
+    onnx.save(proto, tmp_path / 'start.onnx')
+    run_dir = train.train(tiny_config(tmp_path, learning_rate=0.0,
+                                      init_weights=str(tmp_path / 'start.onnx')),
+                          tmp_path / 'runs', 'from-onnx')
+    imported = run_dir / 'init_from_onnx'
+    assert json.loads((imported / 'import.json').read_text())['parity_max_abs_diff'] <= 1e-4
+    assert not json.loads((run_dir / 'init_weights.json').read_text())['unchanged']
+    for before, after in zip(kernels(imported / 'best.weights.h5'),
+                             kernels(run_dir / 'last.weights.h5')):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_an_int8_start_is_refused_before_training(tmp_path):
+    import onnx
+    from onnx import helper
+    from training.export import set_metadata
+    proto = helper.make_model(helper.make_graph([], 'empty', [], []))
+    set_metadata(proto, {'followme.quantized': 'int8'})
+    int8 = tmp_path / 'model_int8.onnx'
+    onnx.save(proto, int8)
+    with pytest.raises(train.ConfigError, match='init_weights: this is the int8 model'):
+        train.train(tiny_config(tmp_path, init_weights=str(int8)), tmp_path / 'runs', 'int8')
 
 
 def test_missing_init_weights_is_a_clear_error(tmp_path):

@@ -46,7 +46,8 @@ DEFAULTS = {
         'max_minutes': 0.0,          # stop after this much wall time (0: no limit)
         'max_train_frames': 0,       # a seeded random subset of the data (0: all of it),
         'max_val_frames': 0,         # e.g. for the hyper-parameter search
-        'init_weights': '',          # start from these weights (a fine-tune); '' = random
+        'init_weights': '',          # start from these weights (a fine-tune; a run folder,
+                                     # .weights.h5 or exported .onnx); '' = random
         'init_partial': False,       # load only the init weights whose shapes fit this model
         'paste_source': '',          # classic-layout folder to cut people from for...
         'paste_share': 0.0,          # ...this share of draws: far heroes pasted on the fly
@@ -342,8 +343,21 @@ def resolve_init_weights(path) -> Path:
         path = path / 'best.weights.h5'
     if not path.is_file():
         raise ConfigError(f'train.init_weights: {path} does not exist (give a .weights.h5 '
-                          'file or a run folder that holds best.weights.h5)')
+                          'file, a run folder that holds best.weights.h5 or a float .onnx '
+                          'model written by training.export)')
     return path
+
+
+def _import_onnx_start(model_file, run_dir: Path, train_roots, val_roots) -> Path:
+    """Rebuild an exported model's Keras weights in the run folder (training/onnx_import.py)."""
+    from training.export import ParityError
+    from training.onnx_import import import_onnx, OnnxImportError
+    folder = run_dir / 'init_from_onnx'
+    try:
+        import_onnx(model_file, folder, train_roots, val_roots)
+    except (FileNotFoundError, OnnxImportError, ParityError) as error:
+        raise ConfigError(f'train.init_weights: {error}') from None
+    return folder
 
 
 def load_init_weights(model, path: Path, partial: bool) -> dict:
@@ -481,10 +495,13 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs)
     loss_fn = make_loss(float(settings['hero_weight']), float(settings['dice_weight']))
 
+    init_weights = settings['init_weights']
+    if str(init_weights).endswith('.onnx'):
+        init_weights = _import_onnx_start(init_weights, run_dir, train_roots, val_roots)
     with distribution_strategy().scope():
         model = build_model(model_config)
-        if settings['init_weights']:
-            report = load_init_weights(model, resolve_init_weights(settings['init_weights']),
+        if init_weights:
+            report = load_init_weights(model, resolve_init_weights(init_weights),
                                        bool(settings['init_partial']))
             save_json(run_dir / 'init_weights.json', report)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
