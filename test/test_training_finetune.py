@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from test_training_data import write_classic_set
+from test_training_onnx_import import trained_looking
 from training import train
 from training.model import build_model, ModelConfig
 import yaml
@@ -48,12 +49,7 @@ def test_fine_tune_starts_from_an_exported_onnx_model(tmp_path):
     import onnx
     from training.export import contract_metadata, convert, set_metadata
     config = ModelConfig.from_dict(TINY_MODEL)
-    model = build_model(config)
-    rng = np.random.default_rng(5)
-    for weight in model.weights:  # none at an initialiser's value, so every one must load
-        positive = 'variance' in weight.path or 'gamma' in weight.path
-        weight.assign(rng.uniform(*((0.5, 1.5) if positive else (-0.5, 0.5)),
-                                  tuple(weight.shape)).astype('float32'))
+    model = trained_looking(config)  # no weight at its initial value: every one must load
     proto = convert(model, config.input_size)
     set_metadata(proto, contract_metadata(config.input_size, {}, None, 'test',
                                           dataclasses.asdict(config)))

@@ -24,8 +24,9 @@ def trained_looking(config, seed=3):
     """Build a model whose every weight and batch-norm statistic is off its initial value."""
     model = build_model(config)
     rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        low, high = (0.5, 1.5) if 'variance' in weight.path or 'gamma' in weight.path else (-1, 1)
+    for weight in model.weights:  # signed and small: a softmax far from saturated
+        positive = 'variance' in weight.path or 'gamma' in weight.path
+        low, high = (0.5, 1.5) if positive else (-0.5, 0.5)
         weight.assign(rng.uniform(low, high, tuple(weight.shape)).astype('float32'))
     return model
 
