@@ -32,8 +32,6 @@ import re
 import numpy as np
 import yaml
 
-BATCH_NORM_EPSILON = 1e-3  # Keras' default, which model.py keeps
-
 
 class OnnxImportError(ValueError):
     """The ONNX file is not a float followme export this module can invert."""
@@ -130,6 +128,7 @@ def _layer_weights(graph, relu):
             node = next(n for n in sources if n is not upsampled[0])
     branches = ([graph.producer.get(i) for i in node.input] if node is not None
                 and node.op_type == 'Add' else [node])
+    # Branch order is the concatenation's order: graph_rewrite keeps it in the Add's inputs.
     parts = [_separable_branch(graph, branch) for branch in branches]
     # The folded batch norm's shift, on one branch; tf2onnx drops a bias that is all zeros.
     pointwise = np.concatenate([pw for _, pw, _ in parts], axis=1)
@@ -137,7 +136,6 @@ def _layer_weights(graph, relu):
     depthwise = [dw for dw, _, _ in parts]
     if any(dw is None for dw in depthwise) and len(parts) > 1:
         raise OnnxImportError(f'{relu.name}: a split convolution without a depthwise part')
-    # Branch order is the concatenation's order: graph_rewrite keeps it in the Add's inputs.
     dw = None if depthwise[0] is None else np.concatenate(depthwise, axis=0)
     return dw, pointwise, bias, context
 
@@ -164,7 +162,7 @@ def keras_model_from_onnx(proto):
                    else [pw.transpose(2, 3, 1, 0)])
         _assign(conv, kernels)
         channels = bias.shape[0]
-        _assign(layer, [np.full(channels, np.sqrt(1 + BATCH_NORM_EPSILON), np.float32), bias,
+        _assign(layer, [np.full(channels, np.sqrt(1 + layer.epsilon), np.float32), bias,
                         np.zeros(channels, np.float32), np.ones(channels, np.float32)])
     softmax = [n for n in graph.nodes if n.op_type == 'Softmax']
     if len(softmax) != 1:
