@@ -19,9 +19,9 @@ layer's moving mean and variance are measured on real frames (`--calibration-fra
 gamma and beta set so that inference stays exactly the exported function while a training
 batch sees what the original network's batch norm saw.
 
-The output folder is a run folder as training writes one (config.yaml, best.weights.h5): give
-it to `training.train` as `train.init_weights` (also with `init_partial`), `training.evaluate`
-or `training.export`.
+The output folder holds what a fine-tune and `training.evaluate` read of a run folder
+(config.yaml, best.weights.h5): give it as `train.init_weights` (also with `init_partial`)
+or `--model`. It has no data fingerprint, so `training.export` needs a run trained from it.
 """
 
 import argparse
@@ -275,8 +275,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Rebuild a Keras run folder (config.yaml, best.weights.h5) from a float '
                     'ONNX model written by training.export, checked against ONNX Runtime on '
-                    'real frames, so it can be fine-tuned (train.init_weights), evaluated or '
-                    're-exported.')
+                    'real frames, so it can be fine-tuned (train.init_weights) or evaluated.')
     parser.add_argument('--model', required=True,
                         help='float ONNX model from training.export (models/followme_fcn.onnx)')
     parser.add_argument('--output', required=True, help='run folder to write')
