@@ -1,12 +1,11 @@
 """A fine-tune starts from the weights it names (train.init_weights)."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 from test_training_data import write_classic_set
-from test_training_onnx_import import trained_looking
+from test_training_onnx_import import export_to, trained_looking
 from training import train
 from training.model import build_model, ModelConfig
 import yaml
@@ -46,14 +45,9 @@ def test_fine_tune_starts_from_the_given_weights(tmp_path):
 
 def test_fine_tune_starts_from_an_exported_onnx_model(tmp_path):
     """Users have the shipped .onnx, not its run folder: a fine-tune imports it first."""
-    import onnx
-    from training.export import contract_metadata, convert, set_metadata
     config = ModelConfig.from_dict(TINY_MODEL)
-    model = trained_looking(config)  # no weight at its initial value: every one must load
-    proto = convert(model, config.input_size)
-    set_metadata(proto, contract_metadata(config.input_size, {}, None, 'test',
-                                          dataclasses.asdict(config)))
-    onnx.save(proto, tmp_path / 'start.onnx')
+    # No weight at its initial value: every one must load.
+    export_to(tmp_path / 'start.onnx', trained_looking(config), config)
     run_dir = train.train(tiny_config(tmp_path, learning_rate=0.0,
                                       init_weights=str(tmp_path / 'start.onnx')),
                           tmp_path / 'runs', 'from-onnx')
