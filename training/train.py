@@ -14,6 +14,7 @@ import csv
 import json
 import math
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import time
@@ -248,12 +249,16 @@ def plot_curves(history: list, path: Path):
 
 
 def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
-                   max_minutes: float, select_by='val_score', keep_epoch_weights=False):
+                   max_minutes: float, select_by='val_score', keep_epoch_weights=False,
+                   history=()):
     """
     Build the callback that scores, checkpoints, logs, plots and shows progress.
 
     best.weights.h5 is the epoch with the highest `select_by`; with keep_epoch_weights every
-    epoch's weights are also kept, as epochs/epoch_NN.weights.h5.
+    epoch's weights are also kept, as epochs/epoch_NN.weights.h5. `history` holds the rows of
+    the epochs a resumed run has already done. Last in the list, Keras' BackupAndRestore keeps
+    the weights, the optimizer's state and the epoch count in backup/ after each epoch's row
+    is written, for `--resume`.
     """
     import keras
     from tqdm import tqdm
@@ -261,8 +266,8 @@ def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
     class FollowmeCallback(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best = -math.inf
-            self.history = []
+            self.history = list(history)
+            self.best = max((h[select_by] for h in self.history), default=-math.inf)
             self.started = time.monotonic()
             self.bar = None
             self.scalars = ScalarLog(run_dir / 'tensorboard')
@@ -314,7 +319,49 @@ def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
                 self.model.stop_training = True
 
     followme = FollowmeCallback()
-    return followme, [followme]
+    # Kept when the run ends too: a run stopped by max_minutes can be resumed later.
+    backup = keras.callbacks.BackupAndRestore(str(run_dir / BACKUP), delete_checkpoint=False)
+    return followme, [followme, backup]
+
+
+BACKUP = 'backup'
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs the run's backup holds (0: none)."""
+    state = run_dir / BACKUP / 'training_metadata.json'
+    return int(json.loads(state.read_text())['epoch']) if state.is_file() else 0
+
+
+def read_history(run_dir: Path, epochs: int) -> list:
+    """Read the rows of history.csv for the first `epochs` epochs, as train wrote them."""
+    with open(run_dir / 'history.csv', newline='') as rows:
+        history = [{key: int(value) if key == 'epoch' else float(value)
+                    for key, value in row.items()} for row in csv.DictReader(rows)]
+    # A run killed after writing an epoch's row but before its backup does that epoch again.
+    return [row for row in history if row['epoch'] <= epochs]
+
+
+def load_run_config(run_dir: Path) -> dict:
+    """Load the config a run folder was trained with (its config.yaml)."""
+    if not (run_dir / 'config.yaml').is_file():
+        raise ConfigError(f'--resume {run_dir}: no config.yaml there (give a run folder that '
+                          'training.train wrote)')
+    return load_config(run_dir / 'config.yaml')
+
+
+def check_resumable(run_dir: Path, epochs: int) -> int:
+    """Return the epochs a run folder has done; raise ConfigError if it cannot go on."""
+    done = epochs_done(run_dir)
+    if done == 0:
+        raise ConfigError(f'--resume {run_dir}: no finished epoch is backed up there '
+                          f'({BACKUP}/ is missing: the run stopped in its first epoch, or was '
+                          'trained before --resume existed). Start it again with --config')
+    if done >= epochs:
+        raise ConfigError(f'--resume {run_dir}: all {epochs} epochs are done; nothing to '
+                          'resume (a longer schedule is a new run: --config with '
+                          'train.init_weights set to this run folder)')
+    return done
 
 
 class ScalarLog:
@@ -449,8 +496,14 @@ def distribution_strategy(device_type='GPU'):
     return tf.distribute.get_strategy()
 
 
-def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
-    """Run one experiment; return its run folder (best.weights.h5 is the result)."""
+def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None, resume=False) -> Path:
+    """
+    Run one experiment; return its run folder (best.weights.h5 is the result).
+
+    With `resume`, `run_name` names an existing run folder, `config` is its config.yaml, and
+    training goes on from its last finished epoch: weights, optimizer state (so the learning
+    rate schedule too) and the epoch count come from its backup.
+    """
     import keras
 
     from training.augment import AugmentConfig, make_augment_fn
@@ -469,8 +522,15 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
 
     run_name = run_name or f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(output_root) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
+    steps, epochs = int(settings['steps_per_epoch']), int(settings['epochs'])
+    if resume:
+        done = check_resumable(run_dir, epochs)
+        print(f'resuming {run_dir} after epoch {done} of {epochs}', flush=True)
+    else:
+        _clear_finished_backup(run_dir)
+        done = 0
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
     print(f'run folder: {run_dir}', flush=True)
 
     keras.utils.set_random_seed(int(config['seed']))
@@ -479,8 +539,11 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
                          int(config['seed']))
     val_pairs = subset(find_all_pairs(val_roots), int(settings['max_val_frames']),
                        int(config['seed']))
-    save_json(run_dir / 'data_fingerprint.json', {
-        'train': fingerprint(train_pairs), 'val': fingerprint(val_pairs), 'commit': git_commit()})
+    data = {'train': fingerprint(train_pairs), 'val': fingerprint(val_pairs)}
+    if resume:
+        _check_same_data(run_dir, data)
+    else:
+        save_json(run_dir / 'data_fingerprint.json', {**data, 'commit': git_commit()})
     size = model_config.input_size
     train_frames = materialize(train_pairs, size, 'decoding train')
     val_frames = materialize(val_pairs, size, 'decoding val')
@@ -489,7 +552,6 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
             print(f'{label}: {frames.resized} frames had an unusual size and were resized',
                   flush=True)
 
-    steps, epochs = int(settings['steps_per_epoch']), int(settings['epochs'])
     learning_rate = float(settings['learning_rate'])
     if settings['lr_schedule'] == 'cosine':
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps * epochs)
@@ -505,8 +567,9 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
                                        bool(settings['init_partial']))
             save_json(run_dir / 'init_weights.json', report)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
+    # A resumed run draws new shuffles and augmentations, not those of the first epochs again.
     dataset = training_dataset(
-        train_frames, int(settings['batch_size']), int(config['seed']),
+        train_frames, int(settings['batch_size']), int(config['seed']) + 7919 * done,
         make_augment_fn(augment_config), int(settings['small_hero_pixels']),
         int(settings['small_hero_repeats']), pasted, float(settings['paste_share']),
         _hard_negatives(model, settings, train_frames, run_dir),
@@ -514,12 +577,18 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
     select_by = settings['select_by']
     followme, callbacks = make_callbacks(run_dir, val_frames, loss_fn, steps, epochs,
                                          float(settings['max_minutes']), select_by,
-                                         bool(settings['keep_epoch_weights']))
+                                         bool(settings['keep_epoch_weights']),
+                                         read_history(run_dir, done) if done else ())
     try:
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                   shuffle=False, verbose=0)
     except KeyboardInterrupt:
-        print('\ninterrupted: best.weights.h5 holds the best epoch so far', flush=True)
+        print('\ninterrupted: best.weights.h5 holds the best epoch so far; '
+              f'`python -m training.train --resume {run_dir}` goes on from the last finished '
+              'epoch', flush=True)
+    if epochs_done(run_dir) < epochs:
+        print(f'stopped after epoch {epochs_done(run_dir)} of {epochs}: '
+              f'`python -m training.train --resume {run_dir}` goes on', flush=True)
     if followme.history:
         best = max(followme.history, key=lambda h: h[select_by])
         print(f"best epoch {best['epoch']}: {select_by} {best[select_by]:.4f}, "
@@ -527,10 +596,36 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None) -> Path:
     return run_dir
 
 
+def _clear_finished_backup(run_dir: Path):
+    """Let a new run reuse a finished run's folder, never an unfinished one's."""
+    done = epochs_done(run_dir)
+    if not done:
+        return
+    if done < int(load_run_config(run_dir)['train']['epochs']):
+        raise ConfigError(f'{run_dir} holds an unfinished run: --resume {run_dir} goes on '
+                          'with it, or choose another --name')
+    # Keras would restore it, and a new run would start as finished.
+    shutil.rmtree(run_dir / BACKUP)
+
+
+def _check_same_data(run_dir: Path, data: dict):
+    saved = json.loads((run_dir / 'data_fingerprint.json').read_text())
+    for split in ('train', 'val'):
+        if saved[split]['sha256'] != data[split]['sha256']:
+            raise ConfigError(f'--resume {run_dir}: the {split} data is not what the run '
+                              f"started with ({data[split]['frames']} frames now, "
+                              f"{saved[split]['frames']} then, or the files changed)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description='Train the follow-me FCN from a YAML experiment config.')
-    parser.add_argument('--config', required=True, help='experiment YAML (training/configs/)')
+        description='Train the follow-me FCN from a YAML experiment config, or go on with an '
+                    'interrupted run (--resume).')
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument('--config', help='experiment YAML (training/configs/)')
+    start.add_argument('--resume', metavar='RUN',
+                       help='run folder to go on with from its last finished epoch (Ctrl-C, a '
+                            'crash or max_minutes stopped it); its config.yaml is used')
     parser.add_argument('--output', default=str(DEFAULT_OUTPUT),
                         help='folder for run folders (default: %(default)s)')
     parser.add_argument('--name', help='run folder name (default: <config name>-<time>)')
@@ -549,9 +644,24 @@ def main(argv=None):
         ('keep_epoch_weights', args.keep_epoch_weights)) if value is not None}
     from training.data import DataError
     try:
-        config = load_config(args.config, {} if args.seed is None else {'seed': args.seed})
-        config['train'].update(overrides)
-        train(config, args.output, args.name)
+        if args.resume:
+            fixed = [flag for flag, value in (
+                ('--epochs', args.epochs), ('--steps-per-epoch', args.steps_per_epoch),
+                ('--seed', args.seed), ('--select-by', args.select_by),
+                ('--keep-epoch-weights', args.keep_epoch_weights), ('--name', args.name))
+                if value is not None]
+            if fixed:
+                raise ConfigError(f"--resume goes on with the run's own config.yaml: "
+                                  f"{', '.join(fixed)} cannot change it (--max-minutes can)")
+            run_dir = Path(args.resume)
+            config = load_run_config(run_dir)
+            if args.max_minutes is not None:
+                config['train']['max_minutes'] = args.max_minutes
+            train(config, run_dir.parent, run_dir.name, resume=True)
+        else:
+            config = load_config(args.config, {} if args.seed is None else {'seed': args.seed})
+            config['train'].update(overrides)
+            train(config, args.output, args.name)
     except (ConfigError, DataError) as err:
         parser.exit(2, f'error: {err}\n')
 
