@@ -583,11 +583,10 @@ def train(config: dict, output_root=DEFAULT_OUTPUT, run_name=None, resume=False)
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                   shuffle=False, verbose=0)
     except KeyboardInterrupt:
-        print('\ninterrupted: best.weights.h5 holds the best epoch so far; '
-              f'`python -m training.train --resume {run_dir}` goes on from the last finished '
-              'epoch', flush=True)
-    if epochs_done(run_dir) < epochs:
-        print(f'stopped after epoch {epochs_done(run_dir)} of {epochs}: '
+        print('\ninterrupted: best.weights.h5 holds the best epoch so far', flush=True)
+    finished = epochs_done(run_dir)
+    if finished < epochs:
+        print(f'stopped after epoch {finished} of {epochs}: '
               f'`python -m training.train --resume {run_dir}` goes on', flush=True)
     if followme.history:
         best = max(followme.history, key=lambda h: h[select_by])
