@@ -75,8 +75,7 @@ def test_an_unfinished_run_is_not_overwritten_by_a_new_one(stopped_run):
 
 def test_resume_refuses_other_data(stopped_run, tmp_path):
     config, run_dir = stopped_run
-    (tmp_path / 'train' / 'images' / sorted((tmp_path / 'train' / 'images').iterdir())[0].name
-     ).write_bytes(b'changed')
+    sorted((tmp_path / 'train' / 'images').iterdir())[0].write_bytes(b'changed')
     with pytest.raises(train.ConfigError, match='the train data is not what the run started'):
         train.train(config, run_dir.parent, run_dir.name, resume=True)
 

@@ -2,10 +2,12 @@
 Train the follow-me FCN from a YAML experiment config.
 
     python -m training.train --config training/configs/classic.yaml
+    python -m training.train --resume training_runs/<run>     # go on after a stop
 
 Each run writes to training_runs/<name>-<time>/: the resolved config, a fingerprint of the
 data, best.weights.h5 (best validation score so far, saved as soon as it improves, so a run
-can be stopped at any time), last.weights.h5, history.csv, curves.png and TensorBoard logs.
+can be stopped at any time), last.weights.h5, history.csv, curves.png, TensorBoard logs and
+backup/ (the training state after the last finished epoch, for --resume).
 """
 
 import argparse
@@ -248,6 +250,9 @@ def plot_curves(history: list, path: Path):
     plt.close(fig)
 
 
+BACKUP = 'backup'  # Keras' BackupAndRestore folder in a run folder
+
+
 def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
                    max_minutes: float, select_by='val_score', keep_epoch_weights=False,
                    history=()):
@@ -322,9 +327,6 @@ def make_callbacks(run_dir: Path, val_frames, loss_fn, steps: int, epochs: int,
     # Kept when the run ends too: a run stopped by max_minutes can be resumed later.
     backup = keras.callbacks.BackupAndRestore(str(run_dir / BACKUP), delete_checkpoint=False)
     return followme, [followme, backup]
-
-
-BACKUP = 'backup'
 
 
 def epochs_done(run_dir: Path) -> int:
