@@ -298,6 +298,8 @@ def test_search_runs_bounded_trials_and_writes_a_usable_config(tiny_run, tmp_pat
     assert best['train']['learning_rate'] == summary['best']['params']['learning_rate']
     assert best['train']['max_train_frames'] == 0  # the searched config trains on all data
     assert json.loads((tmp_path / 'study' / 'study.json').read_text())['best']
+    with pytest.raises(train.ConfigError, match='not empty'):
+        search.search(base, trials=1, timeout_minutes=5, output=tmp_path / 'study')
 
 
 def write_eval_sets(root):

@@ -37,8 +37,13 @@ def suggest(trial, base: dict) -> dict:
 def search(base: dict, trials: int, timeout_minutes: float, output: Path, seed=42):
     import optuna
 
-    from training.train import train
+    from training.train import ConfigError, train
 
+    # The study lives in memory, so it cannot go on in an old folder, and a trial folder left
+    # unfinished there would make training refuse it (it could be resumed) halfway through.
+    if output.is_dir() and any(output.iterdir()):
+        raise ConfigError(f'{output} is not empty (an earlier study?): a study cannot be '
+                          'continued; give a new --output, or remove that folder')
     output.mkdir(parents=True, exist_ok=True)
 
     def objective(trial):
