@@ -193,12 +193,11 @@ def _argmax3(probs: np.ndarray) -> np.ndarray:
     """
     np.argmax(probs, axis=2) for three channels, ties to the first, as uint8.
 
-    OpenCV's vectorised compare and max on the split channels: 6x faster than np.argmax and
-    3x faster than the same steps in numpy on a 256x256 output (docs/perception.md).
+    Two comparisons and a masked write on the channels as strided views: 3.5x faster than
+    np.argmax on a 256x256 output and 2.5x faster than cv2.split with OpenCV's compare and
+    max, which copies the channels out first (docs/perception.md).
     """
-    first, second, third = cv2.split(probs)
-    channels = cv2.compare(second, first, cv2.CMP_GT)              # 255 where channel 1 wins
-    hero = cv2.compare(third, cv2.max(first, second), cv2.CMP_GT)  # 255 where channel 2 wins
-    np.bitwise_and(channels, 1, out=channels)
-    np.bitwise_and(hero, 2, out=hero)
-    return cv2.max(channels, hero)
+    first, second, third = probs[..., 0], probs[..., 1], probs[..., 2]
+    ids = np.greater(second, first).view(np.uint8)                 # 1 where channel 1 wins
+    np.copyto(ids, np.uint8(2), where=np.greater(third, np.maximum(first, second)))
+    return ids
