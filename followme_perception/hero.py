@@ -85,7 +85,8 @@ class HeroLocator:
         if blob is None:
             return HeroEstimate(HeroDetection(**frame))
         (x0, y0, x1, y1), (cx, cy), area, (ys, xs), weights = blob
-        confidence = float(np.average(hero_prob[ys, xs], weights=weights))
+        # The pixel-weighted mean; np.average spends more in Python than in the sum.
+        confidence = float(np.dot(hero_prob[ys, xs], weights)) / area
         camera = intrinsics or Intrinsics.from_fov(width, height, self.assumed_hfov_deg)
         ray = np.array([(cx - camera.cx) / camera.fx, (cy - camera.cy) / camera.fy, 1.0])
         z, source = None, RangeSource.DEPTH
