@@ -9,7 +9,8 @@ figures in docs/simulator.md and README.md come from this script.
     PYTHONPATH=$PWD .venv/bin/python bench/follow_quality.py --output runs/quality
 
 One seed (0, the default) is one world per scenario, and one hero lost to a stranger decides
-a scenario's figures; `--seeds 0 1 2 3 4` compares models over five worlds each.
+a scenario's figures; `--seeds 0 1 2 3 4` compares models over five worlds each. Give two
+runs at once their own ROS_DOMAIN_ID: on one domain their simulators hear each other.
 """
 
 import argparse
