@@ -67,6 +67,15 @@ class FollowParams:
                           'follows turns faster, lower smooths more')
     kalman_measurement_noise: float = _param(
         0.3, 1e-3, 10.0, 'kalman filter: standard deviation of one position estimate (m)')
+    # Gate: an estimate farther from the hero's last position than she can have walked is
+    # something else the network took for her (a tree trunk, a stranger; docs/control.md).
+    gate_radius: float = _param(
+        2.0, 0.0, 100.0, 'a ranged estimate farther than this (m), plus gate_speed times the '
+        'time since the last accepted one, from that last position (kept in step with the '
+        'drone as it moves) is not the hero: rejected, counted as implausible_jump; 0 = no gate')
+    gate_speed: float = _param(
+        2.0, 0.0, 20.0, 'how fast the gate widens while the hero is not seen (m/s): about her '
+                        'top speed, so she is taken back wherever she can have walked')
     ego_motion_compensation: bool = _param(
         True, description="move the filtered hero by the drone's own motion between estimates "
                           '(from odom when fresh, else the command sent), so a coasting '
@@ -520,6 +529,9 @@ class FollowController:
         if p.ego_motion_compensation:
             own_motion = self._odometry[2] if self._odometry_fresh(now) else self.command
         self.filter.predict(dt, own_motion)
+        if self._anchor is not None and own_motion is not None and dt > 0.0:
+            translation, rotation = _ego_motion(own_motion, dt)
+            self._anchor = rotation @ (self._anchor + translation)
         self._apply_pending()
         self.state = self._next_state(now)
         target = self._target_command(now, dt)
@@ -573,11 +585,29 @@ class FollowController:
         self._range_valid = False      # the newest estimate had a range (not bearing-only)
         self._filter_ranged = False    # the filter has seen at least one ranged estimate
         self._last_bearing = 0.0
+        # The last accepted ranged position and its stamp: the gate's centre. It outlives the
+        # deadman, so a hero lost for a moment is not traded for whatever is seen next.
+        self._anchor = None
+        self._anchor_stamp = None
+
+    def _implausible(self, estimate):
+        p = self.params
+        if p.gate_radius <= 0.0 or self._anchor is None or estimate.bearing_only:
+            return False
+        allowed = p.gate_radius + p.gate_speed * max(0.0, estimate.stamp - self._anchor_stamp)
+        jump = math.hypot(estimate.forward - self._anchor[0], estimate.left - self._anchor[1])
+        return jump > allowed
 
     def _apply_pending(self):
         estimate, self._pending = self._pending, None
         if estimate is None:
             return
+        if self._implausible(estimate):
+            self._reject('implausible_jump')
+            return
+        if not estimate.bearing_only:
+            self._anchor = np.array([estimate.forward, estimate.left])
+            self._anchor_stamp = estimate.stamp
         if self._last_stamp is None or estimate.stamp - self._last_stamp > \
                 self.params.target_timeout:
             # A hero seen again after the deadman is a new track: no old velocity, no windup.

@@ -42,6 +42,8 @@ HINTS = {
              'use_sim_time',
     'future_stamp': "stamp ahead of this node's clock; check clocks and use_sim_time",
     'out_of_order': 'stamp older than the newest accepted one',
+    'implausible_jump': 'farther from the hero than she can have walked since last seen '
+                        '(gate_radius, gate_speed): another object the network marked as her',
 }
 LOST_STATES = (State.HOVER, State.SEARCH)
 
@@ -111,6 +113,7 @@ class ControlNode(Node):
                         'bearing_only': 0, 'detection_malformed': 0}
         self._published_state = None
         self._reported_rejections = 0
+        self._reported_jumps = 0
 
         self._stamped = self.get_parameter('twist_stamped').value
         self._frame_id = self.get_parameter('cmd_vel_frame_id').value
@@ -241,6 +244,13 @@ class ControlNode(Node):
         with self._lock:
             command, state = self.controller.update(now.nanoseconds * 1e-9)
             self._counts['commands'] += 1
+            jumps = self.controller.rejected.get('implausible_jump', 0)
+        if jumps > self._reported_jumps:
+            # Judged inside update(), not on arrival, so it is logged here.
+            self._reported_jumps = jumps
+            self.get_logger().warn(
+                f"hero_pose rejected (implausible_jump: {HINTS['implausible_jump']}); "
+                f'{jumps} so far', throttle_duration_sec=THROTTLE_S)
         twist = Twist()
         twist.linear.x, twist.linear.y, twist.linear.z = (
             command.forward, command.left, command.up)

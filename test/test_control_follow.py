@@ -336,6 +336,58 @@ def test_a_hero_seen_again_after_the_deadman_starts_a_new_track():
         optical_to_body(*body_to_optical(6.0, -2.0, -5.0, 25.0), 25.0)[:2])
 
 
+def test_a_far_jump_is_not_the_hero_and_is_counted():
+    """A trunk 20 m away marked as the hero: rejected, the track coasts on her last position."""
+    controller = FollowController(params())
+    run(controller, 0.0, 1.0, hero=(6.0, 0.0))
+    assert see(controller, 1.05, 20.0, 5.0) is None  # judged when the step applies it
+    controller.update(1.05)
+    assert controller.rejected == {'implausible_jump': 1}
+    assert math.dist(controller.filter.position, (6.0, 0.0)) < 0.2
+    assert controller.state == State.FOLLOW  # the last accepted estimate is still fresh
+
+
+def test_the_gate_widens_while_the_hero_is_not_seen():
+    """Lost for 3 s, she may be 2 + 2 * 3 = 8 m from where she was: taken back at 5 m."""
+    controller = FollowController(params())
+    run(controller, 0.0, 1.0, hero=(6.0, 0.0))
+    run(controller, 1.0, 3.0)
+    assert controller.state in (State.HOVER, State.SEARCH)
+    run(controller, 4.0, 0.1, hero=(10.0, 3.0))
+    assert controller.state == State.FOLLOW and not controller.rejected
+    # The same jump half a second after the last sighting is too far.
+    soon = FollowController(params())
+    run(soon, 0.0, 1.0, hero=(6.0, 0.0))
+    run(soon, 1.0, 0.5)
+    see(soon, 1.55, 10.0, 3.0)
+    soon.update(1.55)
+    assert soon.rejected == {'implausible_jump': 1}
+
+
+def test_no_gate_at_radius_zero():
+    controller = FollowController(params(gate_radius=0.0))
+    run(controller, 0.0, 1.0, hero=(6.0, 0.0))
+    run(controller, 1.0, 0.1, hero=(20.0, 5.0))
+    assert not controller.rejected
+
+
+def test_the_gate_moves_with_the_drone():
+    """Odom says the drone flew 2 m toward a still hero in 1 s: she is 2 m nearer, not gone."""
+    controller = FollowController(FollowParams(gate_radius=0.5, gate_speed=0.0))
+    see(controller, 0.0, 6.0, 0.0)
+    controller.add_odometry(0.0, 5.0, 2.0, 0.0, 0.0, 0.0)
+    controller.update(0.0)
+    t = 0.0
+    for _ in range(20):
+        t = round(t + DT, 9)
+        controller.add_odometry(t, 5.0, 2.0, 0.0, 0.0, t)
+        controller.update(t)
+    see(controller, t + DT, 4.0, 0.0)
+    controller.add_odometry(t + DT, 5.0, 2.0, 0.0, 0.0, t + DT)
+    controller.update(t + DT)
+    assert not controller.rejected
+
+
 # Bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('value', [math.nan, math.inf, -math.inf])
