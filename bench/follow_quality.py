@@ -46,14 +46,19 @@ def parse_args(argv=None):
     parser.add_argument('--scenarios', nargs='*', help='subset of scenarios (default: all)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0],
                         help='world seeds to run each scenario with (default: 0)')
+    parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
+                        help="a parameter for every run, as followme-run's --set takes it "
+                             '(repeatable), e.g. perception_node.min_hero_pixels:=100')
     parser.add_argument('--markdown', type=Path, help='also write the table to this file')
     return parser.parse_args(argv)
 
 
-def run_scenario(name, seed, folder, model):
+def run_scenario(name, seed, folder, model, settings=()):
     cmd = [sys.executable, '-m', 'followme_common.runner', '--no-progress', '--output',
            str(folder), '--set', f'sim_node.scenario:={name}', '--set', f'sim_node.seed:={seed}',
            '--log-level', 'warn']
+    for setting in settings:
+        cmd += ['--set', setting]
     if model is not None:
         cmd += ['--model', str(model)]
     summary = folder / 'summary.json'
@@ -108,7 +113,7 @@ def main(argv=None):
         label = name if args.seeds == [0] else f'{name} (seed {seed})'
         folder = args.output / (name if args.seeds == [0] else f'{name}_seed{seed}')
         print(f'[{index}/{len(runs)}] {label}', flush=True)
-        summaries[label] = run_scenario(name, seed, folder, args.model)
+        summaries[label] = run_scenario(name, seed, folder, args.model, args.set)
     text = table(summaries) + '\n\n' + goal_summary(summaries)
     print(text)
     if args.markdown:
