@@ -278,6 +278,12 @@ def _ego_motion(command, dt):
     return translation, _rotation(-command.yaw_rate * dt)
 
 
+def _still_point(point, command, dt):
+    """Move a fixed point's body-frame position by the drone's own motion over dt."""
+    translation, rotation = _ego_motion(command, dt)
+    return rotation @ (point + translation)
+
+
 class KalmanTarget:
     """
     Constant-velocity Kalman filter of the hero's horizontal position in the body frame.
@@ -373,8 +379,7 @@ class EmaTarget:
     def predict(self, dt, command=None):
         if self.x is None or dt <= 0.0 or command is None:
             return
-        translation, rotation = _ego_motion(command, dt)
-        self.x = rotation @ (self.x + translation)
+        self.x = _still_point(self.x, command, dt)
 
     def update(self, forward, left):
         measured = np.array([forward, left])
@@ -530,8 +535,7 @@ class FollowController:
             own_motion = self._odometry[2] if self._odometry_fresh(now) else self.command
         self.filter.predict(dt, own_motion)
         if self._anchor is not None and own_motion is not None and dt > 0.0:
-            translation, rotation = _ego_motion(own_motion, dt)
-            self._anchor = rotation @ (self._anchor + translation)
+            self._anchor = _still_point(self._anchor, own_motion, dt)
         self._apply_pending()
         self.state = self._next_state(now)
         target = self._target_command(now, dt)
