@@ -19,7 +19,7 @@ def write_pair(root, name, image, ids):
 
 
 def frame(blue_box=None, hero_in_mask=False, size=64):
-    """A red frame with a green bystander; a blue patch the colour model calls the hero."""
+    """Draw a red frame with a green bystander; a blue patch is what the model calls a hero."""
     image = np.full((size, size, 3), RED, np.uint8)
     ids = np.zeros((size, size), np.uint8)
     image[5:25, 5:12], ids[5:25, 5:12] = GREEN, 1

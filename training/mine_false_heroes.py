@@ -1,4 +1,4 @@
-"""
+r"""
 Hard negatives for training: the frames without a hero in which a model sees one.
 
 Copies, from a classic-layout folder (simulator frames from `followme_sim.record`, say), the
@@ -6,7 +6,7 @@ image/mask pairs whose mask has no hero pixel but where the model marks more tha
 at probability > 0.5: the classic score's "false hero" test (followme_common.scoring). The
 output is a classic-layout folder to add to a config's `data.train`, with a manifest.
 
-    python -m training.mine_false_heroes --model models/followme_fcn_int8.onnx \\
+    python -m training.mine_false_heroes --model models/followme_fcn_int8.onnx \
         --source training_runs/sim_frames_mined_pool --output training_runs/sim_frames_false_heroes
 """
 
