@@ -108,10 +108,11 @@ def main(argv=None):
     names = args.scenarios or scenario.available()
     runs = [(name, seed) for name in names for seed in args.seeds]
     summaries = {}
+    # Seed 0 alone keeps the table's and the folders' names as they always were.
+    plain_names = args.seeds == [0]
     for index, (name, seed) in enumerate(runs, 1):
-        # Seed 0 alone keeps the table's and the folders' names as they always were.
-        label = name if args.seeds == [0] else f'{name} (seed {seed})'
-        folder = args.output / (name if args.seeds == [0] else f'{name}_seed{seed}')
+        label = name if plain_names else f'{name} (seed {seed})'
+        folder = args.output / (name if plain_names else f'{name}_seed{seed}')
         print(f'[{index}/{len(runs)}] {label}', flush=True)
         summaries[label] = run_scenario(name, seed, folder, args.model, args.set)
     text = table(summaries) + '\n\n' + goal_summary(summaries)
