@@ -1,0 +1,230 @@
+"""
+Start a narrower network from a trained one: keep its most important channels, drop the rest.
+
+    python -m training.narrow --source RUN --config CONFIG --output FOLDER
+
+CONFIG describes the narrower network (fewer filters in some layers, or a new 1x1 `reduce`
+layer before an upsampling). Every layer of it that the trained run (RUN, its config.yaml
+and best.weights.h5) also has gets that layer's weights, restricted to the channels kept; a
+new 1x1 layer starts as a selection of kept channels (one-hot kernel, identity batch norm). A
+channel's importance is its mean activation (after its ReLU) over frames of the validation
+set times the norm of the weights that read it, and each narrowed layer keeps its most
+important ones. So the narrowed network starts as the trained one with the other channels
+switched off (a test checks exactly that), and fine-tuning it (`train.init_weights:
+FOLDER`) recovers from there, where fresh layers would start from nothing. FOLDER gets
+config.yaml, best.weights.h5 and narrow.json (the channels kept per layer).
+"""
+
+import argparse
+import json
+from pathlib import Path
+import sys
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CONVOLUTIONS = ('Conv2D', 'SeparableConv2D')
+
+
+class NarrowError(ValueError):
+    """The target network is not a narrowing the source's weights can start."""
+
+
+def _producers(layer) -> list:
+    nodes = layer._inbound_nodes
+    return [t._keras_history.operation for t in nodes[0].input_tensors] if nodes else []
+
+
+def _consumers(model, layer) -> list:
+    return [other for other in model.layers if layer in _producers(other)]
+
+
+def _kind(layer) -> str:
+    return type(layer).__name__
+
+
+def _relu_after(model, conv):
+    """Find the ReLU that conv -> batch norm -> ReLU ends in (where the channels signal)."""
+    layer = conv
+    for expected in ('BatchNormalization', 'ReLU'):
+        after = _consumers(model, layer)
+        if len(after) != 1 or _kind(after[0]) != expected:
+            raise NarrowError(f'cannot narrow {conv.name}: it is not followed by batch norm '
+                              'and ReLU alone')
+        layer = after[0]
+    return layer
+
+
+def _reader_norms(model, layer, channels, offset=0) -> np.ndarray:
+    """Norm, per channel of `layer`'s output, of the convolution weights that read it."""
+    squares = np.zeros(channels)
+    for reader in _consumers(model, layer):
+        kind = _kind(reader)
+        if kind == 'Concatenate':
+            before = 0
+            for producer in _producers(reader):
+                if producer is layer:
+                    break
+                before += producer.output.shape[-1]
+            squares += _reader_norms(model, reader, channels, offset + before) ** 2
+        elif kind in CONVOLUTIONS:
+            rows = slice(offset, offset + channels)
+            weights = [w.numpy() for w in reader.weights]
+            if kind == 'SeparableConv2D':
+                depthwise, pointwise = weights[0], weights[1]
+                squares += (np.sqrt((depthwise[:, :, rows, :] ** 2).sum(axis=(0, 1, 3)))
+                            * np.sqrt((pointwise[0, 0, rows, :] ** 2).sum(axis=1))) ** 2
+            else:
+                squares += (weights[0][:, :, rows, :] ** 2).sum(axis=(0, 1, 3))
+        else:
+            # Upsampling, ReLU, Add: the same channels go on.
+            squares += _reader_norms(model, reader, channels, offset) ** 2
+    return np.sqrt(squares)
+
+
+def _mean_activations(model, layers, frames, batch_size=8) -> dict:
+    import keras
+    if not layers:
+        return {}
+    probe = keras.Model(model.input, [layer.output for layer in layers])
+    sums = [np.zeros(layer.output.shape[-1]) for layer in layers]
+    for start in range(0, len(frames), batch_size):
+        outputs = probe(frames[start:start + batch_size], training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for total, output in zip(sums, outputs):
+            total += np.abs(keras.ops.convert_to_numpy(output)).sum(axis=(0, 1, 2))
+    return {layer.name: total / (len(frames) * np.prod(layer.output.shape[1:3]))
+            for layer, total in zip(layers, sums)}
+
+
+def _strongest(importance, candidates, count) -> np.ndarray:
+    order = np.argsort(-importance[candidates], kind='stable')[:count]
+    return np.sort(candidates[order])
+
+
+def narrow(source, target, frames) -> dict:
+    """
+    Set `target`'s weights from `source`'s, keeping the most important channels.
+
+    `frames` are model inputs (N, H, W, 3) for the activations. Returns the kept source
+    channels per narrowed or new layer.
+    """
+    by_name = {layer.name: layer for layer in source.layers}
+    narrowed = []  # (target conv, source ReLU whose channels rank it)
+    for layer in target.layers:
+        if _kind(layer) not in CONVOLUTIONS:
+            continue
+        match = by_name.get(layer.name)
+        if match is None:
+            producer = by_name.get(_producers(layer)[0].name)
+            if producer is None or _kind(producer) != 'ReLU' or layer.kernel_size != (1, 1):
+                raise NarrowError(f'{layer.name} is new: only a 1x1 convolution right after '
+                                  'a ReLU of the trained network can start as a selection')
+            narrowed.append((layer, producer))
+        elif layer.filters > match.filters:
+            raise NarrowError(f'{layer.name} has {layer.filters} filters, more than the '
+                              f"trained network's {match.filters}: this narrows only")
+        elif layer.filters < match.filters:
+            narrowed.append((layer, _relu_after(source, match)))
+    relus = list({relu.name: relu for _, relu in narrowed}.values())
+    activity = _mean_activations(source, relus, frames)
+    importance = {relu.name: activity[relu.name]
+                  * _reader_norms(source, relu, relu.output.shape[-1]) for relu in relus}
+    rank = {layer.name: relu.name for layer, relu in narrowed}
+
+    # Channels of each target layer's output, as indices into the matching source tensor.
+    kept, report = {}, {}
+    for layer in target.layers:
+        kind, producers = _kind(layer), _producers(layer)
+        inputs = [kept[p.name] for p in producers]
+        match = by_name.get(layer.name)
+        if kind == 'InputLayer':
+            kept[layer.name] = np.arange(layer.output.shape[-1])
+        elif kind == 'Concatenate':
+            offsets = np.cumsum([0] + [p.output.shape[-1] for p in _producers(match)])
+            kept[layer.name] = np.concatenate([k + o for k, o in zip(inputs, offsets)])
+        elif kind in CONVOLUTIONS and match is None:
+            source_channels = inputs[0]
+            chosen = _strongest(importance[rank[layer.name]], source_channels, layer.filters)
+            kernel = np.zeros(layer.weights[0].shape, np.float32)
+            kernel[0, 0, np.searchsorted(source_channels, chosen), np.arange(len(chosen))] = 1
+            layer.set_weights([kernel] + [w.numpy() * 0 for w in layer.weights[1:]])
+            kept[layer.name] = chosen
+            report[layer.name] = chosen.tolist()
+        elif kind in CONVOLUTIONS:
+            out = np.arange(match.filters)
+            if layer.name in rank:
+                out = _strongest(importance[rank[layer.name]], out, layer.filters)
+                report[layer.name] = out.tolist()
+            rows = inputs[0]
+            weights = [w.numpy() for w in match.weights]
+            if kind == 'SeparableConv2D':
+                values = [weights[0][:, :, rows, :], weights[1][:, :, rows, :][..., out]]
+            else:
+                values = [weights[0][:, :, rows, :][..., out]]
+            values += [bias[out] for bias in weights[len(values):]]
+            layer.set_weights(values)
+            kept[layer.name] = out
+        elif kind == 'BatchNormalization' and match is None:
+            gamma, beta, mean, variance = (w.numpy() for w in layer.weights)
+            # y = gamma (x - mean) / sqrt(variance + epsilon) + beta = x
+            layer.set_weights([np.ones_like(gamma), np.zeros_like(beta), np.zeros_like(mean),
+                               np.full_like(variance, 1.0 - layer.epsilon)])
+            kept[layer.name] = inputs[0]
+        else:
+            if any(not np.array_equal(inputs[0], other) for other in inputs[1:]):
+                raise NarrowError(f'{layer.name} adds tensors narrowed to different channels')
+            if layer.weights:  # batch norm of a source layer
+                layer.set_weights([w.numpy()[inputs[0]] for w in match.weights])
+            kept[layer.name] = inputs[0]
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Start a narrower network from a trained run: its most important channels '
+                    'kept, written as a run folder a fine-tune can start from '
+                    '(train.init_weights).')
+    parser.add_argument('--source', required=True, type=Path,
+                        help='trained run folder (config.yaml, best.weights.h5)')
+    parser.add_argument('--weights', default='best.weights.h5',
+                        help='weights file in the run folder (default: %(default)s)')
+    parser.add_argument('--config', required=True, type=Path,
+                        help="training config whose model: section is the narrower network")
+    parser.add_argument('--output', required=True, type=Path, help='folder to write')
+    parser.add_argument('--frames', type=int, default=64,
+                        help='validation frames that rank the channels (default: %(default)s)')
+    args = parser.parse_args(argv)
+
+    import yaml
+    from training.data import DataError, find_all_pairs, materialize, to_model_input
+    from training.evaluate import KerasPredictor
+    from training.model import build_model, ModelConfig
+    from training.train import ConfigError, data_roots, load_config
+    try:
+        config = load_config(args.config)
+        source = KerasPredictor(args.source, args.weights).model
+        target = build_model(ModelConfig.from_dict(config['model']))
+        pairs = find_all_pairs(data_roots(config['data']['val'], 'val'))
+        step = max(1, len(pairs) // args.frames)
+        images = materialize(pairs[::step][:args.frames], target.input.shape[1:3],
+                             'ranking frames').images
+        kept = narrow(source, target, to_model_input(images))
+    except (ConfigError, DataError, FileNotFoundError, NarrowError) as error:
+        parser.exit(2, f'error: {error}\n')
+    args.output.mkdir(parents=True, exist_ok=True)
+    target.save_weights(args.output / 'best.weights.h5')
+    (args.output / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
+    (args.output / 'narrow.json').write_text(json.dumps(
+        {'source': str(args.source / args.weights), 'frames': len(images), 'kept': kept},
+        indent=1) + '\n')
+    for name, channels in kept.items():
+        print(f'{name}: kept {len(channels)} channels {channels}')
+    print(f'wrote {args.output}: fine-tune it with train.init_weights: {args.output}')
+
+
+if __name__ == '__main__':
+    main()
