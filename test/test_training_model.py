@@ -108,7 +108,7 @@ def test_bench_model_sizes_variants_build():
         model = build_model(ModelConfig.from_dict(architecture))
         assert model.output_shape == (None, 256, 256, 3), name
     with pytest.raises(SystemExit):
-        bench_model_sizes.parse_args(['--variants', 'shipped,no_such_network'])
+        bench_model_sizes.parse_args(['--variants', 'three_levels,no_such_network'])
 
 
 @pytest.mark.parametrize('command', [train.main, evaluate.main, export.main, raw_import.main,
