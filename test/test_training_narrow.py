@@ -28,6 +28,10 @@ def _frames(count=6, seed=1):
     return np.random.default_rng(seed).uniform(-1, 1, (count, 32, 32, 3)).astype(np.float32)
 
 
+def _ids(count=6, seed=1):
+    return np.random.default_rng(seed).integers(0, 3, (count, 32, 32))
+
+
 def _switch_off(model, bn_name, keep):
     """Zero a batch norm's scale and shift outside `keep`: those channels output ReLU(0) = 0."""
     layer = model.get_layer(bn_name)
@@ -40,7 +44,7 @@ def _switch_off(model, bn_name, keep):
 def test_same_architecture_is_an_exact_copy():
     source = _trained_like(WIDE)
     target = build_model(ModelConfig.from_dict(WIDE))
-    assert narrow(source, target, _frames()) == {}
+    assert narrow(source, target, _frames(), _ids()) == {}
     frames = _frames(seed=2)
     np.testing.assert_allclose(target(frames), source(frames), atol=1e-6)
 
@@ -51,7 +55,7 @@ def test_narrowed_equals_trained_with_the_dropped_channels_off():
     # the first decoder block's input (16 -> 8) that selects channels of bottleneck_relu.
     slim = {**WIDE, 'decoder_filters': [16, 4], 'decoder_reduce': [8, 4]}
     target = build_model(ModelConfig.from_dict(slim))
-    kept = narrow(source, target, _frames())
+    kept = narrow(source, target, _frames(), _ids())
     assert sorted(kept) == ['decoder1_reduce', 'decoder2_1_sepconv', 'decoder2_reduce']
     assert [len(kept[name]) for name in sorted(kept)] == [8, 4, 4]
     # The same function: the trained network with every channel not kept switched off.
@@ -67,14 +71,14 @@ def test_channels_kept_are_the_important_ones():
     # Channel 5 of decoder2_1 carries nothing (zero scale and shift): it must be dropped first.
     _switch_off(source, 'decoder2_1_bn', [0, 1, 2, 3, 4, 6, 7])
     target = build_model(ModelConfig.from_dict({**WIDE, 'decoder_filters': [16, 7]}))
-    assert 5 not in narrow(source, target, _frames())['decoder2_1_sepconv']
+    assert 5 not in narrow(source, target, _frames(), _ids())['decoder2_1_sepconv']
 
 
 def test_wider_or_unmatched_layers_are_refused():
     source = _trained_like(WIDE)
     wider = build_model(ModelConfig.from_dict({**WIDE, 'decoder_filters': [16, 12]}))
     with pytest.raises(NarrowError, match='narrows only'):
-        narrow(source, wider, _frames())
+        narrow(source, wider, _frames(), _ids())
     new_3x3 = build_model(ModelConfig.from_dict({**WIDE, 'context_filters': 8}))
     with pytest.raises(NarrowError, match='is new'):
-        narrow(source, new_3x3, _frames())
+        narrow(source, new_3x3, _frames(), _ids())

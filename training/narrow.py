@@ -7,9 +7,9 @@ CONFIG describes the narrower network (fewer filters in some layers, or a new 1x
 layer before an upsampling). Every layer of it that the trained run (RUN, its config.yaml
 and best.weights.h5) also has gets that layer's weights, restricted to the channels kept; a
 new 1x1 layer starts as a selection of kept channels (one-hot kernel, identity batch norm). A
-channel's importance is its mean activation (after its ReLU) over frames of the validation
-set times the norm of the weights that read it, and each narrowed layer keeps its most
-important ones. So the narrowed network starts as the trained one with the other channels
+channel's importance is the first-order estimate of how much the loss on frames of the
+validation set would rise without it (activation x gradient after its ReLU, every class
+weighted alike), and each narrowed layer keeps its most important ones. So the narrowed network starts as the trained one with the other channels
 switched off (a test checks exactly that), and fine-tuning it (`train.init_weights:
 FOLDER`) recovers from there, where fresh layers would start from nothing. FOLDER gets
 config.yaml, best.weights.h5 and narrow.json (the channels kept per layer).
@@ -58,46 +58,34 @@ def _relu_after(model, conv):
     return layer
 
 
-def _reader_norms(model, layer, channels, offset=0) -> np.ndarray:
-    """Norm, per channel of `layer`'s output, of the convolution weights that read it."""
-    squares = np.zeros(channels)
-    for reader in _consumers(model, layer):
-        kind = _kind(reader)
-        if kind == 'Concatenate':
-            before = 0
-            for producer in _producers(reader):
-                if producer is layer:
-                    break
-                before += producer.output.shape[-1]
-            squares += _reader_norms(model, reader, channels, offset + before) ** 2
-        elif kind in CONVOLUTIONS:
-            rows = slice(offset, offset + channels)
-            weights = [w.numpy() for w in reader.weights]
-            if kind == 'SeparableConv2D':
-                depthwise, pointwise = weights[0], weights[1]
-                squares += (np.sqrt((depthwise[:, :, rows, :] ** 2).sum(axis=(0, 1, 3)))
-                            * np.sqrt((pointwise[0, 0, rows, :] ** 2).sum(axis=1))) ** 2
-            else:
-                squares += (weights[0][:, :, rows, :] ** 2).sum(axis=(0, 1, 3))
-        else:
-            # Upsampling, ReLU, Add: the same channels go on.
-            squares += _reader_norms(model, reader, channels, offset) ** 2
-    return np.sqrt(squares)
+def _taylor_importance(model, relus, frames, truth_ids, batch_size=8) -> dict:
+    """
+    Per channel of each ReLU's output: |activation x d loss / d activation|, summed.
 
-
-def _mean_activations(model, layers, frames, batch_size=8) -> dict:
+    The first-order estimate of how much the loss would rise with the channel switched off
+    (Molchanov et al., "Pruning convolutional neural networks for resource efficient
+    inference", 2017). The loss is cross-entropy with every class weighted alike, so channels
+    that carry the rare hero count as much as those that carry the background: a mean
+    activation alone keeps the background's channels and drops the hero's.
+    """
     import keras
-    if not layers:
+    import tensorflow as tf
+    if not relus:
         return {}
-    probe = keras.Model(model.input, [layer.output for layer in layers])
-    sums = [np.zeros(layer.output.shape[-1]) for layer in layers]
+    probe = keras.Model(model.input, [relu.output for relu in relus] + [model.output])
+    sums = [np.zeros(relu.output.shape[-1]) for relu in relus]
     for start in range(0, len(frames), batch_size):
-        outputs = probe(frames[start:start + batch_size], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for total, output in zip(sums, outputs):
-            total += np.abs(keras.ops.convert_to_numpy(output)).sum(axis=(0, 1, 2))
-    return {layer.name: total / (len(frames) * np.prod(layer.output.shape[1:3]))
-            for layer, total in zip(layers, sums)}
+        truth = tf.one_hot(truth_ids[start:start + batch_size], model.output.shape[-1])
+        with tf.GradientTape() as tape:
+            *activations, probs = probe(frames[start:start + batch_size], training=False)
+            tape.watch(activations)
+            pixels = tf.reduce_sum(truth, axis=(0, 1, 2))
+            per_class = -tf.reduce_sum(truth * tf.math.log(probs + 1e-7), axis=(0, 1, 2))
+            loss = tf.reduce_sum(tf.math.divide_no_nan(per_class, pixels))
+        for total, activation, gradient in zip(sums, activations,
+                                               tape.gradient(loss, activations)):
+            total += np.abs(tf.reduce_sum(activation * gradient, axis=(1, 2)).numpy()).sum(0)
+    return {relu.name: total for relu, total in zip(relus, sums)}
 
 
 def _strongest(importance, candidates, count) -> np.ndarray:
@@ -105,12 +93,12 @@ def _strongest(importance, candidates, count) -> np.ndarray:
     return np.sort(candidates[order])
 
 
-def narrow(source, target, frames) -> dict:
+def narrow(source, target, frames, truth_ids) -> dict:
     """
     Set `target`'s weights from `source`'s, keeping the most important channels.
 
-    `frames` are model inputs (N, H, W, 3) for the activations. Returns the kept source
-    channels per narrowed or new layer.
+    `frames` are model inputs (N, H, W, 3) and `truth_ids` their class ids (N, H, W), to
+    rank the channels on. Returns the kept source channels per narrowed or new layer.
     """
     by_name = {layer.name: layer for layer in source.layers}
     narrowed = []  # (target conv, source ReLU whose channels rank it)
@@ -130,9 +118,7 @@ def narrow(source, target, frames) -> dict:
         elif layer.filters < match.filters:
             narrowed.append((layer, _relu_after(source, match)))
     relus = list({relu.name: relu for _, relu in narrowed}.values())
-    activity = _mean_activations(source, relus, frames)
-    importance = {relu.name: activity[relu.name]
-                  * _reader_norms(source, relu, relu.output.shape[-1]) for relu in relus}
+    importance = _taylor_importance(source, relus, frames, truth_ids)
     rank = {layer.name: relu.name for layer, relu in narrowed}
 
     # Channels of each target layer's output, as indices into the matching source tensor.
@@ -210,16 +196,16 @@ def main(argv=None):
         target = build_model(ModelConfig.from_dict(config['model']))
         pairs = find_all_pairs(data_roots(config['data']['val'], 'val'))
         step = max(1, len(pairs) // args.frames)
-        images = materialize(pairs[::step][:args.frames], target.input.shape[1:3],
-                             'ranking frames').images
-        kept = narrow(source, target, to_model_input(images))
+        frames = materialize(pairs[::step][:args.frames], target.input.shape[1:3],
+                             'ranking frames')
+        kept = narrow(source, target, to_model_input(frames.images), frames.ids)
     except (ConfigError, DataError, FileNotFoundError, NarrowError) as error:
         parser.exit(2, f'error: {error}\n')
     args.output.mkdir(parents=True, exist_ok=True)
     target.save_weights(args.output / 'best.weights.h5')
     (args.output / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
     (args.output / 'narrow.json').write_text(json.dumps(
-        {'source': str(args.source / args.weights), 'frames': len(images), 'kept': kept},
+        {'source': str(args.source / args.weights), 'frames': len(frames.images), 'kept': kept},
         indent=1) + '\n')
     for name, channels in kept.items():
         print(f'{name}: kept {len(channels)} channels {channels}')
