@@ -12,12 +12,14 @@ validation set would rise without it (activation x gradient after its ReLU, ever
 weighted alike), and each narrowed layer keeps its most important ones. So the narrowed network starts as the trained one with the other channels
 switched off (a test checks exactly that), and fine-tuning it (`train.init_weights:
 FOLDER`) recovers from there, where fresh layers would start from nothing. FOLDER gets
-config.yaml, best.weights.h5 and narrow.json (the channels kept per layer).
+config.yaml, best.weights.h5, narrow.json (the channels kept per layer) and the source run's
+data_fingerprint.json, so `training.export` can also write the narrowed start as it is.
 """
 
 import argparse
 import json
 from pathlib import Path
+import shutil
 import sys
 
 import numpy as np
@@ -203,6 +205,10 @@ def main(argv=None):
         parser.exit(2, f'error: {error}\n')
     args.output.mkdir(parents=True, exist_ok=True)
     target.save_weights(args.output / 'best.weights.h5')
+    # The weights were trained on the source run's data: export's model card reads it here.
+    fingerprint = args.source / 'data_fingerprint.json'
+    if fingerprint.is_file():
+        shutil.copyfile(fingerprint, args.output / fingerprint.name)
     (args.output / 'config.yaml').write_text(yaml.safe_dump(config, sort_keys=False))
     (args.output / 'narrow.json').write_text(json.dumps(
         {'source': str(args.source / args.weights), 'frames': len(frames.images), 'kept': kept},
