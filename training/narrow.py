@@ -9,9 +9,10 @@ and best.weights.h5) also has gets that layer's weights, restricted to the chann
 new 1x1 layer starts as a selection of kept channels (one-hot kernel, identity batch norm). A
 channel's importance is the first-order estimate of how much the loss on frames of the
 validation set would rise without it (activation x gradient after its ReLU, every class
-weighted alike), and each narrowed layer keeps its most important ones. So the narrowed network starts as the trained one with the other channels
-switched off (a test checks exactly that), and fine-tuning it (`train.init_weights:
-FOLDER`) recovers from there, where fresh layers would start from nothing. FOLDER gets
+weighted alike), and each narrowed layer keeps its most important ones. So the narrowed
+network starts as the trained one with the other channels switched off (a test checks exactly
+that), and fine-tuning it (`train.init_weights: FOLDER`) recovers from there, where fresh
+layers would start from nothing. FOLDER gets
 config.yaml, best.weights.h5, narrow.json (the channels kept per layer) and the source run's
 data_fingerprint.json, so `training.export` can also write the narrowed start as it is.
 """
