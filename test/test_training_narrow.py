@@ -82,3 +82,15 @@ def test_wider_or_unmatched_layers_are_refused():
     new_3x3 = build_model(ModelConfig.from_dict({**WIDE, 'context_filters': 8}))
     with pytest.raises(NarrowError, match='is new'):
         narrow(source, new_3x3, _frames(), _ids())
+
+
+def test_command_says_what_is_missing(tmp_path, capsys):
+    from training.narrow import main
+    config = tmp_path / 'slim.yaml'
+    config.write_text('model: {input_size: [32, 32], encoder_filters: [8, 16]}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--source', str(tmp_path / 'no_run'), '--config', str(config),
+              '--output', str(tmp_path / 'out')])
+    assert exit_info.value.code == 2
+    assert 'config.yaml not found' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
