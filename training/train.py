@@ -198,10 +198,9 @@ def false_hero_frames(model, frames, batch_size=32, chunk=256) -> np.ndarray:
     for start in range(0, len(empty), chunk):
         index = empty[start:start + chunk]
         probs = predict(model, frames.images[index], batch_size)
-        # The classic score's test (scoring.score_frame), not the arg-max.
-        hero_pixels = np.count_nonzero(probs[..., scoring.HERO] > scoring.PROBABILITY_THRESHOLD,
-                                       axis=(1, 2))
-        found.append(index[hero_pixels > scoring.PRESENT_PIXELS])
+        # The classic score's test, not the arg-max.
+        seen = [scoring.score_frame(p, frames.ids[i]).pred_present for p, i in zip(probs, index)]
+        found.append(index[np.asarray(seen, bool)])
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
