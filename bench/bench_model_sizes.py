@@ -1,7 +1,7 @@
 """
 Benchmark bigger networks before training one: ONNX Runtime ms per frame, float and int8.
 
-    python bench/bench_model_sizes.py [--variants deeper_4_levels_narrow,slim_full_res] [--markdown FILE]
+    python bench/bench_model_sizes.py [--variants three_levels,slim_full_res] [--markdown FILE]
 
 Each variant is training.model's FCN with random weights (timing does not depend on them),
 exported as training.export writes it (graph rewrites included) and quantized as
@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 THREE_LEVELS = {'input_size': [256, 256], 'encoder_filters': [32, 64, 128],
-                'bottleneck_filters': 128, 'decoder_convs': [2, 2, 1], 'decoder_reduce': [0, 0, 32]}
+                'bottleneck_filters': 128, 'decoder_convs': [2, 2, 1],
+                'decoder_reduce': [0, 0, 32]}
 # The network shipped since the fourth encoder level (kept at 128 channels).
 FOUR_LEVELS = {**THREE_LEVELS, 'encoder_filters': [32, 64, 128, 128],
                'decoder_convs': [1, 2, 2, 1], 'decoder_reduce': [0, 0, 0, 32]}

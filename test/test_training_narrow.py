@@ -19,8 +19,10 @@ def _trained_like(config, seed=0):
     for layer in model.layers:
         if type(layer).__name__ == 'BatchNormalization':
             gamma, beta, mean, variance = (w.numpy() for w in layer.weights)
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
-                               rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2, variance.shape)])
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape),
+                               rng.normal(0, 0.3, beta.shape),
+                               rng.normal(0, 0.3, mean.shape),
+                               rng.uniform(0.5, 2, variance.shape)])
     return model
 
 

@@ -182,7 +182,7 @@ def main(argv=None):
     parser.add_argument('--weights', default='best.weights.h5',
                         help='weights file in the run folder (default: %(default)s)')
     parser.add_argument('--config', required=True, type=Path,
-                        help="training config whose model: section is the narrower network")
+                        help='training config whose model: section is the narrower network')
     parser.add_argument('--output', required=True, type=Path, help='folder to write')
     parser.add_argument('--frames', type=int, default=64,
                         help='validation frames that rank the channels (default: %(default)s)')
