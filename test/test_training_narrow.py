@@ -14,6 +14,10 @@ WIDE = {'input_size': [32, 32], 'encoder_filters': [8, 16], 'bottleneck_filters'
 
 def _trained_like(config, seed=0):
     """Build a model with random weights and batch-norm statistics: every channel differs."""
+    import keras
+    # Seeded: with some initial weights a channel is dead (zero after its ReLU) on the test
+    # frames, ties the switched-off channel at zero importance, and the ranking test flips.
+    keras.utils.set_random_seed(seed)
     model = build_model(ModelConfig.from_dict(config))
     rng = np.random.default_rng(seed)
     for layer in model.layers:
