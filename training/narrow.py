@@ -125,7 +125,7 @@ def narrow(source, target, frames, truth_ids) -> dict:
     rank = {layer.name: relu.name for layer, relu in narrowed}
 
     # Channels of each target layer's output, as indices into the matching source tensor.
-    kept, report = {}, {}
+    kept = {}
     for layer in target.layers:
         kind, producers = _kind(layer), _producers(layer)
         inputs = [kept[p.name] for p in producers]
@@ -142,12 +142,10 @@ def narrow(source, target, frames, truth_ids) -> dict:
             kernel[0, 0, np.searchsorted(source_channels, chosen), np.arange(len(chosen))] = 1
             layer.set_weights([kernel] + [w.numpy() * 0 for w in layer.weights[1:]])
             kept[layer.name] = chosen
-            report[layer.name] = chosen.tolist()
         elif kind in CONVOLUTIONS:
             out = np.arange(match.filters)
             if layer.name in rank:
                 out = _strongest(importance[rank[layer.name]], out, layer.filters)
-                report[layer.name] = out.tolist()
             rows = inputs[0]
             weights = [w.numpy() for w in match.weights]
             if kind == 'SeparableConv2D':
@@ -169,7 +167,7 @@ def narrow(source, target, frames, truth_ids) -> dict:
             if layer.weights:  # batch norm of a source layer
                 layer.set_weights([w.numpy()[inputs[0]] for w in match.weights])
             kept[layer.name] = inputs[0]
-    return report
+    return {name: kept[name].tolist() for name in rank}
 
 
 def main(argv=None):
