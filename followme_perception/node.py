@@ -56,7 +56,8 @@ PARAMETERS = {
     'providers': (list(DEFAULT_PROVIDERS), _text(
         'ONNX Runtime execution providers in order of preference; ones this build lacks are '
         'skipped, and the ones really used are logged and reported in diagnostics')),
-    'intra_op_threads': (0, _int('ONNX Runtime threads inside one operator (0: its default)',
+    'intra_op_threads': (0, _int("ONNX Runtime threads inside one operator, and OpenVINO's "
+                                 'threads when it runs the model (0: their default)',
                                  0, 256, read_only=True)),
     'inter_op_threads': (0, _int('ONNX Runtime threads across operators (0: its default)',
                                  0, 256, read_only=True)),

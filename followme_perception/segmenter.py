@@ -18,8 +18,10 @@ import onnxruntime as ort
 # Our class ids, the values in the mask. A model may order its output channels differently.
 CLASS_IDS = {'background': 0, 'others': 1, 'hero': 2}
 HERO = CLASS_IDS['hero']
+# OpenVINO: Intel CPUs with the onnxruntime-openvino build (`make openvino`), where it runs
+# the int8 model about 1.6 times faster than ONNX Runtime's own CPU kernels (README).
 DEFAULT_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
-                     'CPUExecutionProvider')
+                     'OpenVINOExecutionProvider', 'CPUExecutionProvider')
 _HOW_TO_FIX = ('point the model_path parameter (or `make run RUN_ARGS="--model FILE"`) at a '
                'followme FCN exported by training/export.py, or train and export one first')
 
@@ -123,8 +125,9 @@ class Segmenter:
         options.inter_op_num_threads = int(inter_op_threads)
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(os.fspath(path), sess_options=options,
-                                                providers=usable)
+            self.session = ort.InferenceSession(
+                os.fspath(path), sess_options=options, providers=usable,
+                provider_options=[_provider_options(p, intra_op_threads) for p in usable])
         except Exception as error:  # ORT raises several private exception types
             raise ModelError(f'cannot load model {path}: {error}; {_HOW_TO_FIX}') from None
         self.providers = tuple(self.session.get_providers())
@@ -187,6 +190,13 @@ class Segmenter:
         batch = np.zeros((1, *self.input_size, 3), np.float32)
         for _ in range(int(runs)):
             self.infer(batch)
+
+
+def _provider_options(provider, intra_op_threads) -> dict:
+    # OpenVINO runs the graph on its own thread pool, which ignores the session's thread count.
+    if provider == 'OpenVINOExecutionProvider' and int(intra_op_threads) > 0:
+        return {'num_of_threads': str(int(intra_op_threads))}
+    return {}
 
 
 def _argmax3(probs: np.ndarray) -> np.ndarray:

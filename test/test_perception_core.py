@@ -8,7 +8,8 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
                                            RangeSource)
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import tint
-from followme_perception.segmenter import _argmax3, DEFAULT_PROVIDERS, ModelError, Segmenter
+from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
+                                           ModelError, Segmenter)
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -49,8 +50,10 @@ def test_flip_average_is_the_mean_of_the_frame_and_its_mirror():
 
 def test_segment_matches_onnx_runtime_run_directly(model):
     rgb, truth = scene()
-    segmentation = Segmenter(model, warmup_runs=0).segment(rgb)
-    session = ort.InferenceSession(str(model), providers=['CPUExecutionProvider'])
+    segmenter = Segmenter(model, warmup_runs=0)
+    segmentation = segmenter.segment(rgb)
+    # The same providers: each rounds its floats a little differently.
+    session = ort.InferenceSession(str(model), providers=list(segmenter.providers))
     small = cv2.resize(rgb, (64, 48), interpolation=cv2.INTER_LINEAR)
     probs = session.run(None, {'image': (small * np.float32(CLASSIC_SCALE)
                                          + np.float32(CLASSIC_OFFSET))[None]})[0][0]
@@ -147,10 +150,38 @@ def test_providers_are_checked_and_reported(model):
     assert segmenter.providers == tuple(segmenter.session.get_providers())
     assert segmenter.requested_providers == DEFAULT_PROVIDERS
     if 'CUDAExecutionProvider' not in available:
-        assert segmenter.providers == ('CPUExecutionProvider',)
+        # The first listed one this build has (OpenVINO with onnxruntime-openvino), then CPU.
+        first = next(p for p in DEFAULT_PROVIDERS if p in available)
+        assert segmenter.providers == tuple(dict.fromkeys((first, 'CPUExecutionProvider')))
         assert not segmenter.fell_back()
     with pytest.raises(ModelError, match='unknown execution provider'):
         Segmenter(model, providers=['NoSuchExecutionProvider'])
+
+
+OPENVINO = 'OpenVINOExecutionProvider'
+needs_openvino = pytest.mark.skipif(
+    OPENVINO not in ort.get_available_providers(),
+    reason='needs the onnxruntime-openvino build (`make openvino`), not installed by default')
+
+
+def test_the_thread_count_reaches_openvino_which_ignores_the_sessions():
+    assert _provider_options(OPENVINO, 2) == {'num_of_threads': '2'}
+    assert _provider_options(OPENVINO, 0) == {}            # 0: its own default
+    assert _provider_options('CPUExecutionProvider', 2) == {}  # the session options carry it
+
+
+@needs_openvino
+def test_openvino_is_preferred_and_agrees_with_the_cpu_provider():
+    shipped = paths.default_model_file()
+    # With a thread count, as the node passes it (ONNX Runtime does not report it back).
+    segmenter = Segmenter(shipped, intra_op_threads=1, warmup_runs=1)
+    assert segmenter.providers[0] == OPENVINO and not segmenter.fell_back()
+    on_cpu = Segmenter(shipped, providers=['CPUExecutionProvider'], warmup_runs=0)
+    assert on_cpu.providers == ('CPUExecutionProvider',)
+    rgb = scene()[0]
+    # int8 kernels round differently: the classes may differ on a few boundary pixels only.
+    agreement = np.mean(segmenter.segment(rgb).class_ids == on_cpu.segment(rgb).class_ids)
+    assert agreement >= 0.995
 
 
 # Hero locator ---------------------------------------------------------------------------
