@@ -17,12 +17,14 @@ PYTEST_ARGS ?=
 # env.sh: the environment for ROS 2 from the wheels (also for users' own shells).
 ENV := source ./env.sh &&
 
-.PHONY: run test lint env test-env sysdeps gpu cpu clean help
+.PHONY: run test lint env test-env sysdeps gpu openvino cpu clean help
 
 help:
 	@echo "make run   - run the follow-me loop in the embedded simulator (RUN_ARGS='--help')"
 	@echo "make test  - lint + all tests (PYTEST_ARGS='-k control' to pick some)"
 	@echo "make gpu   - switch .venv from onnxruntime to onnxruntime-gpu"
+	@echo "make openvino - switch .venv to onnxruntime-openvino (faster on Intel CPUs)"
+	@echo "make cpu   - switch .venv back to the plain onnxruntime"
 
 run: env
 	$(ENV) python -m followme_common.runner $(RUN_ARGS)
@@ -50,9 +52,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# Keeps whichever ONNX Runtime build `make gpu` or `make openvino` installed.
 $(VENV)/.stamp-runtime: requirements/runtime.txt | $(VENV)/bin/python
 	@if $(PY) -m pip show -q onnxruntime-gpu 2>/dev/null; then \
 		$(PY) -m pip install -q -r <(grep -v '^onnxruntime==' requirements/runtime.txt) -r requirements/gpu.txt; \
+	elif $(PY) -m pip show -q onnxruntime-openvino 2>/dev/null; then \
+		$(PY) -m pip install -q -r <(grep -v '^onnxruntime==' requirements/runtime.txt) -r requirements/openvino.txt; \
 	else $(PY) -m pip install -q -r requirements/runtime.txt; fi
 	touch $@
 
@@ -69,14 +74,22 @@ sysdeps:
 		else echo "warning: run 'sudo apt-get install libegl1 libegl-mesa0' so the simulator can render"; fi; \
 	fi
 
-# GPU inference: onnxruntime and onnxruntime-gpu must never share an environment.
+# The ONNX Runtime builds (onnxruntime, onnxruntime-gpu, onnxruntime-openvino) all install the
+# same `onnxruntime` module and must never share an environment: each switch removes them all.
+ORT_BUILDS := onnxruntime onnxruntime-gpu onnxruntime-openvino
+
 gpu: env
-	$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(PY) -m pip uninstall -y -q $(ORT_BUILDS)
 	$(PY) -m pip install -q -r requirements/gpu.txt
 	touch $(VENV)/.stamp-runtime
 
+openvino: env
+	$(PY) -m pip uninstall -y -q $(ORT_BUILDS)
+	$(PY) -m pip install -q -r requirements/openvino.txt
+	touch $(VENV)/.stamp-runtime
+
 cpu: env
-	$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(PY) -m pip uninstall -y -q $(ORT_BUILDS)
 	$(PY) -m pip install -q $$(grep '^onnxruntime==' requirements/runtime.txt)
 	touch $(VENV)/.stamp-runtime
 
