@@ -58,6 +58,10 @@ def parse_args(argv=None):
                              'medians of its last 100 frames)')
     parser.add_argument('--seconds', type=float, default=15.0, help='length of the 30 Hz run')
     parser.add_argument('--rate', type=float, default=30.0, help='input rate of that run (Hz)')
+    parser.add_argument('--providers', default=None, metavar='P1,P2,...',
+                        help="the node's providers parameter, comma-separated (default: the "
+                             "node's own default list); the node's model is timed against "
+                             'Keras with the providers the node really got')
     parser.add_argument('--classic-frames', type=int, default=40,
                         help='frames for the Keras vs ONNX Runtime comparison')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
@@ -332,11 +336,11 @@ OVERLAY_CASES = (('nobody views the overlay', (), False),
                  ('overlay viewed, overlay_max_rate 10', (('overlay_max_rate', 10.0),), True))
 
 
-def bench_overlay_cost(model_path, rate, seconds):
+def bench_overlay_cost(model_path, rate, seconds, node_parameters=()):
     """Per overlay case, 640x480 at `rate` Hz: CPU beyond inference (mean) and inference."""
     results = {}
     for label, parameters, viewed in OVERLAY_CASES:
-        rig = Rig(model_path, parameters)
+        rig = Rig(model_path, (*node_parameters, *parameters))
         try:
             if not viewed:
                 rig.stop_overlay()
@@ -350,14 +354,16 @@ def bench_overlay_cost(model_path, rate, seconds):
     return results
 
 
-def bench_classic(keras_model, onnx_path, count, node_model=None):
+def bench_classic(keras_model, onnx_path, count, node_model=None,
+                  node_providers=('CPUExecutionProvider',)):
     """
     Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames.
 
     node_model: the node's own ONNX file (the shipped int8 model, say), timed on the same
-    frames in the same run. One contender after the other, not in turns frame by frame: right
-    after a Keras call TensorFlow's threads still hold the 2 cores, and ONNX Runtime ran nearly
-    twice as slow in turns (docs/perception.md).
+    frames in the same run with the providers the node got (node_providers), and on ONNX
+    Runtime's CPU provider too where those differ. One contender after the other, not in
+    turns frame by frame: right after a Keras call TensorFlow's threads still hold the 2
+    cores, and ONNX Runtime ran nearly twice as slow in turns (docs/perception.md).
     """
     import onnxruntime as ort
     from tqdm import tqdm
@@ -371,8 +377,12 @@ def bench_classic(keras_model, onnx_path, count, node_model=None):
             ('onnxruntime', lambda b: session.run(None, {'image': b})),
             ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}))]
     if node_model is not None:
-        node_session = ort.InferenceSession(str(node_model), providers=['CPUExecutionProvider'])
+        node_session = ort.InferenceSession(str(node_model), providers=list(node_providers))
         runs.append(('node_model', lambda b: node_session.run(None, {'image': b})))
+        if tuple(node_providers) != ('CPUExecutionProvider',):
+            cpu_session = ort.InferenceSession(str(node_model),
+                                               providers=['CPUExecutionProvider'])
+            runs.append(('node_model_cpu', lambda b: cpu_session.run(None, {'image': b})))
     results = {}
     for name, run in runs:
         run(batches[0])  # warm up
@@ -397,9 +407,11 @@ def main(argv=None):
         model_path = args.model or exported
         print(f'model for the node: {model_path}'
               + ('' if args.model else ' (classic architecture, random weights)'))
+        node_parameters = (() if args.providers is None
+                           else (('providers', f'[{args.providers}]'),))
         rclpy.init()
         try:
-            rig = Rig(model_path)
+            rig = Rig(model_path, node_parameters)
             try:
                 print(f'providers: {rig.providers}')
                 # Warm-up: first frames through DDS, caches.
@@ -410,14 +422,15 @@ def main(argv=None):
                 stages['640x480, no overlay subscriber'] = bench_stages(rig, (480, 640),
                                                                         args.frames)
                 throughput = bench_throughput(rig, args.rate, args.seconds)
+                node_providers = rig.providers.split(',')
             finally:
                 rig.close()
             overlay_cost = None if args.skip_overlay_cost else bench_overlay_cost(
-                model_path, args.rate, args.seconds)
+                model_path, args.rate, args.seconds, node_parameters)
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
-            keras_model, exported, args.classic_frames, args.model)
+            keras_model, exported, args.classic_frames, args.model, node_providers)
     report(stages, throughput, classic, overlay_cost)
 
 
@@ -450,6 +463,10 @@ def report(stages, throughput, classic, overlay_cost=None):
             total_256 = totals['256x256']
             print(f"the node's model alone {node_ms:.1f} ms (x{keras_ms / node_ms:.1f}); the "
                   f'whole node at 256x256 {total_256:.1f} ms (x{keras_ms / total_256:.1f})')
+        if 'node_model_cpu' in classic:
+            cpu_ms = classic['node_model_cpu']
+            print(f"the node's model on ONNX Runtime's CPU provider {cpu_ms:.1f} ms "
+                  f'(x{keras_ms / cpu_ms:.1f})')
     if overlay_cost:
         print('\n| 640x480 at 30 Hz | processed | dropped | node CPU beyond infer, mean ms '
               '| infer ms | CPU overhead / infer |')
