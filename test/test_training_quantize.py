@@ -51,6 +51,15 @@ def test_int8_model_agrees_with_float_and_keeps_the_contract(tmp_path):
                 == np.argmax(OnnxPredictor(int8_path)(frames), -1)))
 
 
+def test_scoring_on_a_provider_this_build_lacks_says_how_to_get_it(tmp_path):
+    float_path = colour_model(tmp_path / 'float.onnx')
+    missing = next(p for p in ('OpenVINOExecutionProvider', 'CUDAExecutionProvider')
+                   if p not in ort.get_available_providers())
+    with pytest.raises(ValueError, match=f'no {missing}.*make'):
+        OnnxPredictor(float_path, missing)
+    assert OnnxPredictor(float_path).provider == 'CPUExecutionProvider'
+
+
 def test_refuses_to_write_a_model_below_the_agreement_floor(tmp_path):
     float_path = colour_model(tmp_path / 'float.onnx')
     # Calibrated on flat grey frames only, the int8 ranges cannot tell the colours apart.

@@ -27,12 +27,24 @@ HERO_SIZE_BINS = (50, 200, 800, 3200, 10 ** 9)
 class OnnxPredictor:
     """An ONNX model following the project contract; settings come from its metadata."""
 
-    def __init__(self, path):
+    def __init__(self, path, provider='CPUExecutionProvider'):
         import onnxruntime as ort
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'{self.path} not found')
-        self.session = ort.InferenceSession(str(self.path), providers=['CPUExecutionProvider'])
+        if provider not in ort.get_available_providers():
+            raise ValueError(f'this ONNX Runtime build has no {provider} (it has '
+                             f'{", ".join(ort.get_available_providers())}); `make gpu` or '
+                             '`make openvino` installs another build')
+        # int8 kernels round differently from one provider to another: score with the one the
+        # node will run on.
+        self.session = ort.InferenceSession(str(self.path),
+                                            providers=list(dict.fromkeys(
+                                                [provider, 'CPUExecutionProvider'])))
+        self.provider = self.session.get_providers()[0]
+        if self.provider != provider:
+            raise ValueError(f'ONNX Runtime could not start {provider} (it fell back to '
+                             f'{self.provider})')
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.input_size = tuple(int(v) for v in meta['followme.input_size'].split(','))
@@ -73,6 +85,7 @@ class KerasPredictor:
         self.model.load_weights(self.path / weights)
         self.input_size = model_config.input_size
         self.metadata = {}
+        self.provider = None  # Keras, not ONNX Runtime
 
     def __call__(self, images_uint8):
         from training.data import to_model_input
@@ -85,18 +98,18 @@ class FlipAveraged:
     def __init__(self, predictor):
         self.predictor = predictor
         self.path, self.input_size = predictor.path, predictor.input_size
-        self.metadata = predictor.metadata
+        self.metadata, self.provider = predictor.metadata, predictor.provider
 
     def __call__(self, images_uint8):
         mirrored = self.predictor(np.ascontiguousarray(images_uint8[:, :, ::-1]))
         return (self.predictor(images_uint8) + mirrored[:, :, ::-1]) * np.float32(0.5)
 
 
-def load_predictor(path, flip_average=False):
+def load_predictor(path, flip_average=False, provider='CPUExecutionProvider'):
     """Load a predictor: an .onnx file, a run folder (its best weights) or a run's weights file."""
     path = Path(path)
     if path.suffix == '.onnx':
-        predictor = OnnxPredictor(path)
+        predictor = OnnxPredictor(path, provider)
     elif path.name.endswith('.weights.h5'):
         # best/last.weights.h5 sit in the run folder, epochs/epoch_NN.weights.h5 one below.
         run_dir = next((folder for folder in (path.parent, path.parent.parent)
@@ -222,6 +235,7 @@ def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32
     report['data'] = str(data_root)
     report['input_size'] = list(predictor.input_size)
     report['flip_average'] = isinstance(predictor, FlipAveraged)
+    report['provider'] = predictor.provider
     if output_dir is not None:
         plot_hero_size(frames_with_size, output_dir / 'hero_iou_vs_size.png')
         (output_dir / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
@@ -231,7 +245,8 @@ def evaluate(predictor, data_root, output_dir=None, grid_frames=8, batch_size=32
 def format_report(report) -> str:
     lines = [f"final score {report['final_score']:.4f} = final IoU "
              f"{report['final_iou']:.4f} x weight {report['weight']:.4f}"
-             + (' (flip-averaged)' if report.get('flip_average') else '')]
+             + (' (flip-averaged)' if report.get('flip_average') else '')
+             + (f" on {report['provider']}" if report.get('provider') else '')]
     for name, summary in report['sets'].items():
         lines.append(f"  {name:18s} frames {summary['frames']:4d}  hero IoU "
                      f"{summary['iou']['hero']:.4f}  TP {summary['true_positives']:4d}  "
@@ -269,6 +284,11 @@ def main(argv=None):
     parser.add_argument('--flip-average', action='store_true',
                         help="average each frame's prediction with that of its mirror image, "
                              "as perception_node's flip_average parameter does")
+    parser.add_argument('--provider', default='CPUExecutionProvider',
+                        help='ONNX Runtime execution provider for an .onnx model, e.g. '
+                             'OpenVINOExecutionProvider after `make openvino`: the int8 '
+                             "model's score moves by a few thousandths from one provider to "
+                             'another (default: %(default)s)')
     parser.add_argument('--size-set', action='append', default=[], metavar='NAME=FOLDER',
                         help='also report hero IoU and detection by hero size on this '
                              'classic-layout folder (repeatable), e.g. '
@@ -284,7 +304,7 @@ def main(argv=None):
     output = Path(args.output) if args.output else (
         REPO / 'training_runs' / 'eval' / f"{Path(args.model).stem}-{time.strftime('%H%M%S')}")
     try:
-        predictor = load_predictor(args.model, args.flip_average)
+        predictor = load_predictor(args.model, args.flip_average, args.provider)
         report = evaluate(predictor, args.data, output, args.grid_frames, args.batch_size,
                           size_sets)
     except (DataError, FileNotFoundError, ValueError) as err:
