@@ -19,7 +19,7 @@ import onnxruntime as ort
 CLASS_IDS = {'background': 0, 'others': 1, 'hero': 2}
 HERO = CLASS_IDS['hero']
 # OpenVINO: Intel CPUs with the onnxruntime-openvino build (`make openvino`), where it runs
-# the int8 model about 1.6 times faster than ONNX Runtime's own CPU kernels (README).
+# the int8 model about 1.5 times faster than ONNX Runtime's own CPU kernels (README).
 DEFAULT_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
                      'OpenVINOExecutionProvider', 'CPUExecutionProvider')
 _HOW_TO_FIX = ('point the model_path parameter (or `make run RUN_ARGS="--model FILE"`) at a '
