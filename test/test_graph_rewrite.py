@@ -42,6 +42,9 @@ class Builder:
                    for name in [output, *self.extra_outputs]]
         graph = helper.make_graph(self.nodes, 'g', [self.input], outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        # As tf2onnx writes opset 17 (onnx's own default IR is newer than the OpenVINO build's
+        # ONNX Runtime reads).
+        model.ir_version = 8
         onnx.checker.check_model(model)
         return model
 

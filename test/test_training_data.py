@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tensorflow as tf
 from training import evaluate
@@ -212,7 +213,20 @@ def test_shared_data_set_decodes_and_shipped_score_reproduces(shared_data):
     predictor = evaluate.OnnxPredictor(model)
     report = evaluate.evaluate(predictor, shared_data / 'sample_evaluation_data', grid_frames=0)
     stored = json.loads(predictor.metadata['followme.score'])
-    assert round(report['final_score'], 4) == stored['final_score']
+    if ort.__version__ == _pinned_onnxruntime():
+        assert round(report['final_score'], 4) == stored['final_score']
+    else:
+        # Another build (`make openvino` pins an older ONNX Runtime): its int8 kernels round
+        # differently (0.5488 against 0.5505 with 1.24.1), so only close.
+        assert report['final_score'] == pytest.approx(stored['final_score'], abs=0.005)
     card = (REPO / 'models' / 'MODEL_CARD.md').read_text()
     rows = [line for line in card.splitlines() if line.startswith('| final score |')]
     assert any(f"{stored['final_score']:.4f}" in row for row in rows), rows
+
+
+def _pinned_onnxruntime():
+    """Return the onnxruntime version requirements/runtime.txt pins: the shipped score's."""
+    for line in (REPO / 'requirements' / 'runtime.txt').read_text().splitlines():
+        if line.startswith('onnxruntime=='):
+            return line.split('==', 1)[1].strip()
+    raise AssertionError('requirements/runtime.txt pins no onnxruntime')
