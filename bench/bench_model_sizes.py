@@ -67,8 +67,17 @@ def parse_args(argv=None):
                         help='timed runs per file, in three rounds (default 300)')
     parser.add_argument('--sweeps', type=int, default=4,
                         help='times every file is timed, in turn (default 4)')
+    parser.add_argument('--provider', default='CPUExecutionProvider',
+                        help='ONNX Runtime execution provider to time with, e.g. '
+                             'OpenVINOExecutionProvider after `make openvino` (default: '
+                             '%(default)s)')
     parser.add_argument('--markdown', type=Path, help='also write the table to this file')
     args = parser.parse_args(argv)
+    import onnxruntime as ort
+    if args.provider not in ort.get_available_providers():
+        parser.error(f'this ONNX Runtime build has no {args.provider} (it has '
+                     f"{', '.join(ort.get_available_providers())}); `make openvino` or "
+                     '`make gpu` installs another build')
     names = [name.strip() for name in args.variants.split(',') if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
@@ -99,7 +108,8 @@ def export_variant(name, architecture, folder) -> dict:
             'size': architecture['input_size']}
 
 
-def time_variants(exported: dict, runs: int, sweeps: int) -> dict:
+def time_variants(exported: dict, runs: int, sweeps: int,
+                  provider='CPUExecutionProvider') -> dict:
     """Time every file once per sweep, in turn: {name: {'float': [ms...], 'int8': [ms...]}}."""
     from tqdm import tqdm
     from training.export import ms_per_frame
@@ -107,7 +117,8 @@ def time_variants(exported: dict, runs: int, sweeps: int) -> dict:
     jobs = [(name, kind) for _ in range(sweeps) for name in exported for kind in ('float', 'int8')]
     for name, kind in tqdm(jobs, desc='timing', unit='file'):
         files = exported[name]
-        times[name][kind].append(ms_per_frame(files[kind], files['size'], runs)['median_ms'])
+        times[name][kind].append(ms_per_frame(files[kind], files['size'], runs,
+                                              provider=provider)['median_ms'])
     return times
 
 
@@ -132,8 +143,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         exported = {name: export_variant(name, VARIANTS[name], folder)
                     for name in tqdm(args.variants, desc='export', unit='network')}
-        times = time_variants(exported, args.runs, args.sweeps)
-    text = table(exported, times)
+        times = time_variants(exported, args.runs, args.sweeps, args.provider)
+    text = f'ONNX Runtime {args.provider}\n\n' + table(exported, times)
     print('\n' + text)
     if args.markdown:
         args.markdown.write_text(text + '\n')

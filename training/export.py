@@ -122,7 +122,8 @@ def describe_busy(share) -> str:
     return f'other work used {100 * share:.0f} % of the {os.cpu_count()} cores'
 
 
-def ms_per_frame(onnx_path, input_size, runs=300, threads=0, rounds=3) -> dict:
+def ms_per_frame(onnx_path, input_size, runs=300, threads=0, rounds=3,
+                 provider='CPUExecutionProvider') -> dict:
     """
     ONNX Runtime latency for one frame (batch 1), in ms: the fastest of `rounds` rounds.
 
@@ -130,20 +131,23 @@ def ms_per_frame(onnx_path, input_size, runs=300, threads=0, rounds=3) -> dict:
     evaluated (TensorFlow loaded, a few GB allocated) the float 256x256 model took 22.4 ms
     instead of 14.5. This 2-core VM also has stretches of seconds in which everything runs up
     to 1.6x slower, so one round's median can be a stretch's figure: the fastest round's median
-    and 90th percentile are reported, with every round's median.
+    and 90th percentile are reported, with every round's median. `provider`: an ONNX Runtime
+    execution provider this build has (OpenVINOExecutionProvider after `make openvino`).
     """
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
         return pool.submit(_ms_per_frame_here, str(onnx_path), tuple(input_size), runs,
-                           threads, rounds).result()
+                           threads, rounds, provider).result()
 
 
-def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds) -> dict:
+def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds, provider) -> dict:
     import onnxruntime as ort
+    if provider not in ort.get_available_providers():
+        raise ValueError(f'this ONNX Runtime build has no {provider}')
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
     frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, 3)).astype(np.float32)
     for _ in range(20):
         session.run(None, {'image': frame})
