@@ -120,8 +120,8 @@ class PerceptionNode(Node):
         if self.segmenter.fell_back():
             self.get_logger().warn(
                 f'ONNX Runtime fell back to {self.segmenter.providers[0]} although '
-                f'{self.segmenter.requested_providers[0]} was asked for (no GPU, driver or '
-                'library?)')
+                f'{self.segmenter.preferred_provider} was asked for and this build has it '
+                '(no GPU, driver or library? ONNX Runtime logged why above)')
 
         self._frame = None          # newest unprocessed (Image, arrival monotonic time)
         self._depth = None          # newest depth Image

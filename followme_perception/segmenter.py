@@ -147,10 +147,16 @@ class Segmenter:
     def input_size(self):
         return self.info.height, self.info.width
 
+    @property
+    def preferred_provider(self):
+        """Return the first requested provider this ONNX Runtime build has, or None."""
+        available = ort.get_available_providers()
+        return next((p for p in self.requested_providers if p in available), None)
+
     def fell_back(self) -> bool:
         """Tell whether the session runs on another provider than the first usable one."""
-        available = [p for p in self.requested_providers if p in ort.get_available_providers()]
-        return bool(available) and self.providers[0] != available[0]
+        preferred = self.preferred_provider
+        return preferred is not None and self.providers[0] != preferred
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (1, h, w, 3) float32 network input."""

@@ -1,6 +1,7 @@
 """The perception core without ROS: segmenter, hero locator, overlay, detection summary."""
 
 import math
+from pathlib import Path
 
 import cv2
 from followme_common import paths
@@ -149,6 +150,7 @@ def test_providers_are_checked_and_reported(model):
     assert set(segmenter.providers) <= set(available)
     assert segmenter.providers == tuple(segmenter.session.get_providers())
     assert segmenter.requested_providers == DEFAULT_PROVIDERS
+    assert segmenter.preferred_provider == next(p for p in DEFAULT_PROVIDERS if p in available)
     if 'CUDAExecutionProvider' not in available:
         # The first listed one this build has (OpenVINO with onnxruntime-openvino), then CPU.
         first = next(p for p in DEFAULT_PROVIDERS if p in available)
@@ -156,6 +158,25 @@ def test_providers_are_checked_and_reported(model):
         assert not segmenter.fell_back()
     with pytest.raises(ModelError, match='unknown execution provider'):
         Segmenter(model, providers=['NoSuchExecutionProvider'])
+
+
+GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
+HAS_GPU = Path('/dev/nvidia0').exists()
+needs_gpu_build = pytest.mark.skipif(
+    'CUDAExecutionProvider' not in ort.get_available_providers(),
+    reason='needs the onnxruntime-gpu build (`make gpu`), not installed by default')
+
+
+@needs_gpu_build
+def test_the_gpu_build_tells_whether_it_really_got_the_gpu(model):
+    segmenter = Segmenter(model, warmup_runs=0)
+    assert segmenter.preferred_provider in GPU_PROVIDERS
+    if HAS_GPU:
+        assert segmenter.providers[0] in GPU_PROVIDERS
+    else:
+        # The GPU build without CUDA: it lists the GPU providers, then quietly runs on the CPU.
+        assert segmenter.providers == ('CPUExecutionProvider',)
+        assert segmenter.fell_back()
 
 
 OPENVINO = 'OpenVINOExecutionProvider'

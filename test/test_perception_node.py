@@ -8,11 +8,12 @@ node's code.
 
 import itertools
 import math
+from pathlib import Path
 import uuid
 
 from conftest import DATA, REPO, spin_until
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from followme_common.image_msgs import fill_image, image_to_array
 from followme_perception.detection import HeroDetection, RangeSource
 from followme_perception.node import PARAMETERS, PerceptionNode
@@ -390,6 +391,23 @@ def test_bad_parameters_are_refused_with_a_reason(executor, model_file):
     assert not node.set_parameters([Parameter('min_hero_pixels', value=0)])[0].successful
     assert node.set_parameters([Parameter('min_hero_pixels', value=500)])[0].successful
     assert node.locator.min_pixels == 500
+
+
+@pytest.mark.skipif('CUDAExecutionProvider' not in ort.get_available_providers()
+                    or Path('/dev/nvidia0').exists(),
+                    reason='needs the onnxruntime-gpu build (`make gpu`) on a machine without '
+                           'a GPU: the silent fallback this checks')
+def test_the_gpu_build_without_a_gpu_warns_that_it_fell_back(rig):
+    node, probe = rig()
+    assert node.segmenter.fell_back()
+
+    def warned():
+        return any(status.level == DiagnosticStatus.WARN and 'fell back' in status.message
+                   for array in probe.diagnostics for status in array.status)
+    assert spin_until(probe.executor, warned, timeout=5.0)
+    values = _values(probe.diagnostics[-1])
+    assert values['providers_active'] == 'CPUExecutionProvider'
+    assert values['providers_requested'].startswith('TensorrtExecutionProvider')
 
 
 def test_the_config_file_section_matches_the_declared_parameters(executor, model_file):
