@@ -73,11 +73,11 @@ def parse_args(argv=None):
                              '%(default)s)')
     parser.add_argument('--markdown', type=Path, help='also write the table to this file')
     args = parser.parse_args(argv)
-    import onnxruntime as ort
-    if args.provider not in ort.get_available_providers():
-        parser.error(f'this ONNX Runtime build has no {args.provider} (it has '
-                     f"{', '.join(ort.get_available_providers())}); `make openvino` or "
-                     '`make gpu` installs another build')
+    from training.evaluate import check_provider
+    try:
+        check_provider(args.provider)
+    except ValueError as error:
+        parser.error(str(error))
     names = [name.strip() for name in args.variants.split(',') if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:

@@ -119,7 +119,10 @@ class Segmenter:
                              f'{", ".join(ort.get_all_providers())}')
         # Asking ONNX Runtime for a provider its build lacks is an error; skip those here and
         # let get_providers() below tell what the session really runs on.
-        usable = [p for p in providers if p in available] or ['CPUExecutionProvider']
+        usable = [p for p in providers if p in available]
+        # The first requested provider this build has (None: none of them; CPU it is).
+        self.preferred_provider = usable[0] if usable else None
+        usable = usable or ['CPUExecutionProvider']
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = int(inter_op_threads)
@@ -147,16 +150,9 @@ class Segmenter:
     def input_size(self):
         return self.info.height, self.info.width
 
-    @property
-    def preferred_provider(self):
-        """Return the first requested provider this ONNX Runtime build has, or None."""
-        available = ort.get_available_providers()
-        return next((p for p in self.requested_providers if p in available), None)
-
     def fell_back(self) -> bool:
         """Tell whether the session runs on another provider than the first usable one."""
-        preferred = self.preferred_provider
-        return preferred is not None and self.providers[0] != preferred
+        return self.preferred_provider not in (None, self.providers[0])
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (1, h, w, 3) float32 network input."""

@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 HERO_SIZE_BINS = (50, 200, 800, 3200, 10 ** 9)
 
 
+def check_provider(provider):
+    """Raise ValueError, saying how to get one, if this ONNX Runtime build lacks `provider`."""
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ValueError(f'this ONNX Runtime build has no {provider} (it has '
+                         f'{", ".join(available)}); `make gpu` or `make openvino` installs '
+                         'another build')
+
+
 class OnnxPredictor:
     """An ONNX model following the project contract; settings come from its metadata."""
 
@@ -32,10 +42,7 @@ class OnnxPredictor:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'{self.path} not found')
-        if provider not in ort.get_available_providers():
-            raise ValueError(f'this ONNX Runtime build has no {provider} (it has '
-                             f'{", ".join(ort.get_available_providers())}); `make gpu` or '
-                             '`make openvino` installs another build')
+        check_provider(provider)
         # int8 kernels round differently from one provider to another: score with the one the
         # node will run on.
         self.session = ort.InferenceSession(str(self.path),

@@ -143,8 +143,9 @@ def ms_per_frame(onnx_path, input_size, runs=300, threads=0, rounds=3,
 
 def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds, provider) -> dict:
     import onnxruntime as ort
-    if provider not in ort.get_available_providers():
-        raise ValueError(f'this ONNX Runtime build has no {provider}')
+
+    from training.evaluate import check_provider
+    check_provider(provider)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
