@@ -120,8 +120,10 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
         CARD_START, '', f'## The int8 model: {Path(output).name}', '',
         'Made from the float model by `python -m training.quantize` (ONNX Runtime static '
         'quantization, QDQ, int8 weights per channel, uint8 activations, calibrated on '
-        f'{calibration}). The perception node uses it by default on the CPU; use the float '
-        'model on a GPU.', '',
+        f'{calibration}). The perception node uses it by default on the CPU, also on '
+        "OpenVINO's provider after `make openvino` (its int8 kernels round differently: "
+        'score it there with `training.evaluate --provider`); use the float model on a GPU. '
+        "The figures below are ONNX Runtime's CPU provider's.", '',
         '| | float | int8 |', '|---|---|---|',
     ]
     if float_report and int8_report:
