@@ -132,6 +132,7 @@ class PerceptionNode(Node):
         # Per frame: ms waiting for the worker, ms per stage (STAGES), CPU ms (CPU_STAGES).
         self._timings = deque(maxlen=TIMING_WINDOW)
         self._marker_shown = False
+        self._mask = None           # the mask Image, reused from frame to frame
         self._last_report = (time.monotonic(), Counter())
 
         self._pub_mask = self.create_publisher(Image, 'mask', 1)
@@ -257,7 +258,7 @@ class PerceptionNode(Node):
             self._bad_input('depth_no_valid_pixels', 'the hero blob has no valid depth '
                             '(0, NaN or inf); range falls back to size or bearing')
         t_post, cpu_post = time.monotonic(), time.thread_time()
-        self._publish(msg.header, rgb, segmentation.class_ids, estimate, alpha)
+        self._publish(msg, rgb, segmentation, estimate, alpha)
         done, cpu_done = time.monotonic(), time.thread_time()
         stage_s = (t_convert - started, t_pre - t_convert, t_infer - t_pre, t_post - t_infer,
                    done - t_post)
@@ -300,8 +301,9 @@ class PerceptionNode(Node):
 
     # Outputs ------------------------------------------------------------------------------
 
-    def _publish(self, header, rgb, class_ids, estimate, alpha):
+    def _publish(self, msg, rgb, segmentation, estimate, alpha):
         # What control waits for first; the images, for rviz, take most of the time.
+        header = msg.header
         detection = estimate.detection
         summary = Float64MultiArray(data=detection.to_list())
         summary.layout.dim = [MultiArrayDimension(label=LAYOUT_LABEL, size=len(FIELDS),
@@ -314,17 +316,28 @@ class PerceptionNode(Node):
             self._pub_pose.publish(pose)
         if self._pub_marker.get_subscription_count() > 0:  # only rviz reads it
             self._publish_marker(header, estimate)
-        if self._pub_mask.get_subscription_count() > 0:
-            mask = fill_image(Image(), class_ids, 'mono8')
+        mask_wanted = self._pub_mask.get_subscription_count() > 0
+        overlay_wanted = self._pub_overlay.get_subscription_count() > 0 and self._overlay_due()
+        if not (mask_wanted or overlay_wanted):
+            return
+        # Frame-sized buffers are copied as little as possible: at 640x480 the copies were
+        # the largest cost beyond inference (docs/perception.md).
+        if mask_wanted:
+            mask = self._mask_message(segmentation.size)
+            class_ids = segmentation.class_ids(out=_pixels(mask))
             mask.header = header
             self._pub_mask.publish(mask)
-        if self._pub_overlay.get_subscription_count() > 0 and self._overlay_due():
-            # Tinted in the message's own buffer: one copy of the frame instead of two.
-            overlay = fill_image(Image(), rgb, 'rgb8')
-            tint(rgb, class_ids, alpha,
-                 out=np.frombuffer(overlay.data, np.uint8).reshape(rgb.shape))
-            overlay.header = header
-            self._pub_overlay.publish(overlay)
+        else:
+            class_ids = segmentation.class_ids()
+        if overlay_wanted:
+            self._pub_overlay.publish(_tinted(msg, rgb, class_ids, alpha))
+
+    def _mask_message(self, size):
+        """Return the node's one mask Image, sized; publishing copies it, so it is reused."""
+        height, width = size
+        if self._mask is None or (self._mask.height, self._mask.width) != (height, width):
+            self._mask = fill_image(Image(), np.zeros(size, np.uint8), 'mono8')
+        return self._mask
 
     def _overlay_due(self):
         now_s = self.get_clock().now().nanoseconds * 1e-9
@@ -431,6 +444,29 @@ def _image_error_kind(msg):
     if msg.width == 0 or msg.height == 0:
         return 'zero_size'
     return 'bad_data_size'
+
+
+def _tinted(msg, rgb, class_ids, alpha):
+    """
+    Return the overlay Image: `msg` itself tinted in place when `rgb` is a view of its data.
+
+    The frame is ours and no longer needed, so a packed rgb8 frame from rclpy (the usual
+    camera) goes back out without a copy; other encodings, padded rows or read-only data
+    (a bag's bytes) are tinted into a new message.
+    """
+    if rgb.flags.writeable and np.may_share_memory(rgb, _pixels(msg)):
+        tint(rgb, class_ids, alpha, out=rgb)
+        msg.encoding = 'rgb8'  # 8UC3 frames are taken as RGB
+        return msg
+    overlay = fill_image(Image(), rgb, 'rgb8')
+    tint(rgb, class_ids, alpha, out=_pixels(overlay).reshape(rgb.shape))
+    overlay.header = msg.header
+    return overlay
+
+
+def _pixels(msg):
+    """Return a message's data as uint8 rows (height x step bytes); writable for rclpy's arrays."""
+    return np.frombuffer(msg.data, np.uint8).reshape(msg.height, -1)
 
 
 def _seconds(stamp):

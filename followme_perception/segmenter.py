@@ -44,9 +44,25 @@ class ModelInfo:
 
 @dataclass
 class Segmentation:
-    class_ids: np.ndarray   # (H, W) uint8 class ids at the input resolution
     net_ids: np.ndarray     # (h, w) uint8 class ids on the network grid
     hero_prob: np.ndarray   # (h, w) float32 hero probability on the network grid
+    size: tuple             # (H, W) the input resolution
+
+    def class_ids(self, out=None) -> np.ndarray:
+        """
+        (H, W) uint8 class ids at the input resolution, written into `out` if given.
+
+        On demand, not in postprocess: the node needs them only while someone views the mask
+        or the overlay, and then writes them straight into the outgoing message's buffer.
+        """
+        height, width = self.size
+        if self.net_ids.shape == (height, width):
+            if out is None:
+                return self.net_ids
+            np.copyto(out, self.net_ids)
+            return out
+        return cv2.resize(self.net_ids, (width, height), dst=out,
+                          interpolation=cv2.INTER_NEAREST)
 
 
 def read_model_info(path, session) -> ModelInfo:
@@ -175,14 +191,10 @@ class Segmenter:
         return probs
 
     def postprocess(self, probs: np.ndarray, size) -> Segmentation:
-        """Probabilities at network size -> class ids at `size` (H, W), hero probability."""
+        """Probabilities at network size -> class ids and hero probability, for input `size`."""
         channels = _argmax3(probs)
         net_ids = channels if self._identity_order else self._channel_to_id[channels]
-        height, width = size
-        ids = net_ids
-        if ids.shape != (height, width):
-            ids = cv2.resize(net_ids, (width, height), interpolation=cv2.INTER_NEAREST)
-        return Segmentation(ids, net_ids, probs[:, :, self._hero_channel])
+        return Segmentation(net_ids, probs[:, :, self._hero_channel], tuple(size))
 
     def segment(self, rgb: np.ndarray) -> Segmentation:
         return self.postprocess(self.infer(self.preprocess(rgb)), rgb.shape[:2])

@@ -10,7 +10,7 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
-                                           ModelError, Segmenter)
+                                           ModelError, Segmentation, Segmenter)
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -60,9 +60,9 @@ def test_segment_matches_onnx_runtime_run_directly(model):
                                          + np.float32(CLASSIC_OFFSET))[None]})[0][0]
     expected = cv2.resize(np.argmax(probs, 2).astype(np.uint8), (320, 240),
                           interpolation=cv2.INTER_NEAREST)
-    np.testing.assert_array_equal(segmentation.class_ids, expected)
+    np.testing.assert_array_equal(segmentation.class_ids(), expected)
     # The synthetic scene's boxes sit on the 5x grid, so the mask is also the ground truth.
-    np.testing.assert_array_equal(segmentation.class_ids, truth)
+    np.testing.assert_array_equal(segmentation.class_ids(), truth)
     np.testing.assert_allclose(segmentation.hero_prob, probs[:, :, 2])
 
 
@@ -76,7 +76,20 @@ def test_class_ids_are_the_argmax_ties_to_the_first_channel(tmp_path, classes):
     channel_to_id = np.array([ids[name] for name in classes.split(',')])
     segmentation = segmenter.postprocess(probs, (96, 128))
     np.testing.assert_array_equal(segmentation.net_ids, channel_to_id[np.argmax(probs, 2)])
-    np.testing.assert_array_equal(segmentation.class_ids[::2, ::2], segmentation.net_ids)
+    np.testing.assert_array_equal(segmentation.class_ids()[::2, ::2], segmentation.net_ids)
+
+
+@pytest.mark.parametrize('size', [(96, 128), (48, 64), (100, 70)])
+def test_class_ids_at_the_input_size_into_a_given_buffer(size):
+    net_ids = np.random.default_rng(1).integers(0, 3, (48, 64)).astype(np.uint8)
+    segmentation = Segmentation(net_ids, np.zeros(net_ids.shape, np.float32), size)
+    fresh = segmentation.class_ids()
+    np.testing.assert_array_equal(
+        fresh, cv2.resize(net_ids, size[::-1], interpolation=cv2.INTER_NEAREST))
+    out = np.full(size, 9, np.uint8)  # e.g. an outgoing message's own buffer
+    written = segmentation.class_ids(out=out)
+    assert np.shares_memory(written, out)
+    np.testing.assert_array_equal(out, fresh)
 
 
 @pytest.mark.parametrize('shape', [(1, 1), (1, 7), (5, 1), (3, 4), (256, 256)])
@@ -94,7 +107,7 @@ def test_any_output_class_order_maps_to_our_ids(tmp_path, classes):
     rgb, truth = scene()
     permuted = Segmenter(colour_model(tmp_path / 'p.onnx', size=(48, 64), classes=classes),
                          warmup_runs=0).segment(rgb)
-    np.testing.assert_array_equal(permuted.class_ids, truth)
+    np.testing.assert_array_equal(permuted.class_ids(), truth)
     assert permuted.hero_prob[truth[::5, ::5] == 2].min() > 0.9
 
 
@@ -201,7 +214,7 @@ def test_openvino_is_preferred_and_agrees_with_the_cpu_provider():
     assert on_cpu.providers == ('CPUExecutionProvider',)
     rgb = scene()[0]
     # int8 kernels round differently: the classes may differ on a few boundary pixels only.
-    agreement = np.mean(segmenter.segment(rgb).class_ids == on_cpu.segment(rgb).class_ids)
+    agreement = np.mean(segmenter.segment(rgb).class_ids() == on_cpu.segment(rgb).class_ids())
     assert agreement >= 0.995
 
 

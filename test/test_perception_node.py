@@ -122,7 +122,7 @@ def rig(executor, model_file):
 def image_msg(rgb, encoding='rgb8', pad=0):
     """Build an Image in `encoding` from an RGB array, rows padded by `pad` bytes."""
     converted = {
-        'rgb8': rgb, 'bgr8': rgb[:, :, ::-1],
+        'rgb8': rgb, '8UC3': rgb, 'bgr8': rgb[:, :, ::-1],
         'rgba8': np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
         'bgra8': np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 7, np.uint8)]),
         'mono8': cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
@@ -169,8 +169,8 @@ def sample_frames():
 
 
 @pytest.mark.parametrize('encoding,pad', [('rgb8', 0), ('bgr8', 0), ('rgba8', 0),
-                                          ('bgra8', 0), ('mono8', 0), ('rgb8', 5),
-                                          ('bgra8', 12)])
+                                          ('bgra8', 0), ('mono8', 0), ('8UC3', 0),
+                                          ('rgb8', 5), ('bgra8', 12)])
 def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding, pad):
     node, probe = rig()
     for rgb in sample_frames():
