@@ -14,9 +14,9 @@ import uuid
 from conftest import DATA, REPO, spin_until
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from followme_common.image_msgs import fill_image, image_to_array
+from followme_common.image_msgs import fill_image, image_to_array, image_to_rgb
 from followme_perception.detection import HeroDetection, RangeSource
-from followme_perception.node import PARAMETERS, PerceptionNode
+from followme_perception.node import _tinted, PARAMETERS, PerceptionNode
 from followme_perception.overlay import tint
 from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError
 from geometry_msgs.msg import PoseStamped
@@ -191,6 +191,34 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
         np.testing.assert_array_equal(image_to_array(overlay)[background], seen[background])
         np.testing.assert_array_equal(image_to_array(overlay), tint(seen, expected, 0.5))
     assert node.error_counts() == {}
+
+
+@pytest.mark.parametrize('encoding,pad,read_only,in_place', [
+    ('rgb8', 0, False, True), ('8UC3', 0, False, True), ('rgb8', 0, True, False),
+    ('rgb8', 5, False, False), ('bgr8', 0, False, False), ('mono8', 0, False, False)])
+def test_overlay_reuses_the_frame_only_when_it_is_packed_rgb_and_writable(
+        encoding, pad, read_only, in_place):
+    rgb, truth = scene()
+    msg = image_msg(rgb, encoding, pad)
+    msg.header.frame_id, msg.header.stamp.nanosec = 'camera_optical', 500
+    if read_only:
+        msg = _BagImage(msg)   # a bag's message: its data is immutable bytes
+    pixels = image_to_rgb(msg)
+    expected = tint(pixels, truth, 0.5)
+    overlay = _tinted(msg, pixels, truth, 0.5)
+    assert (overlay is msg) == in_place
+    assert overlay.encoding == 'rgb8' and overlay.header.frame_id == 'camera_optical'
+    assert overlay.header.stamp.nanosec == 500
+    np.testing.assert_array_equal(image_to_array(overlay), expected)
+
+
+class _BagImage:
+    """An Image as rosbags gives it: the same fields, `data` as bytes."""
+
+    def __init__(self, msg):
+        for name in ('header', 'height', 'width', 'encoding', 'is_bigendian', 'step'):
+            setattr(self, name, getattr(msg, name))
+        self.data = bytes(msg.data)
 
 
 def test_hero_pose_from_depth_matches_synthetic_scene(rig):
