@@ -17,11 +17,12 @@ PYTEST_ARGS ?=
 # env.sh: the environment for ROS 2 from the wheels (also for users' own shells).
 ENV := source ./env.sh &&
 
-.PHONY: run test lint env test-env sysdeps gpu openvino cpu clean help
+.PHONY: run test test-ort-builds lint env test-env sysdeps gpu openvino cpu clean help
 
 help:
 	@echo "make run   - run the follow-me loop in the embedded simulator (RUN_ARGS='--help')"
 	@echo "make test  - lint + all tests (PYTEST_ARGS='-k control' to pick some)"
+	@echo "make test-ort-builds - the inference tests again on the GPU and OpenVINO builds"
 	@echo "make gpu   - switch .venv from onnxruntime to onnxruntime-gpu"
 	@echo "make openvino - switch .venv to onnxruntime-openvino (faster on Intel CPUs)"
 	@echo "make cpu   - switch .venv back to the plain onnxruntime"
@@ -36,6 +37,27 @@ test: test-env
 	$(ENV) python -m pytest -m 'not tensorflow' --ignore-glob='test/test_training_*' $(PYTEST_ARGS) \
 		|| [ $$? = 5 ]
 	$(ENV) python -m pytest -m tensorflow $(PYTEST_ARGS) || [ $$? = 5 ]
+
+# The tests that touch ONNX Runtime again on its other builds (requirements/gpu.txt,
+# requirements/openvino.txt), each installed on its own in build/ort/<name> and put first on
+# PYTHONPATH, so .venv keeps its build. Tests that only run there: OpenVINO preferred and
+# agreeing with the CPU provider; the GPU build noticing it fell back to the CPU. CI runs it.
+ORT_TEST_BUILDS := openvino gpu
+ORT_TESTS := test/test_perception_core.py test/test_perception_node.py \
+	test/test_graph_rewrite.py test/test_offline_regression.py test/test_bringup.py
+test-ort-builds: test-env
+	@for build in $(ORT_TEST_BUILDS); do \
+		dir=build/ort/$$build; \
+		if [ ! -f $$dir/.stamp ] || [ requirements/$$build.txt -nt $$dir/.stamp ]; then \
+			rm -rf $$dir && $(PY) -m pip install -q --no-deps --target $$dir \
+				-r requirements/$$build.txt && touch $$dir/.stamp || exit 1; \
+		fi; \
+		echo "== ONNX Runtime build from requirements/$$build.txt"; \
+		$(ENV) PYTHONPATH=$$PWD/$$dir:$$PYTHONPATH python -c 'import onnxruntime as ort; \
+			print(ort.__file__, ort.__version__, ort.get_available_providers())' && \
+		$(ENV) PYTHONPATH=$$PWD/$$dir:$$PYTHONPATH python -m pytest -m 'not tensorflow' \
+			$(ORT_TESTS) $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: test-env
 	$(ENV) ament_flake8 followme_common followme_perception followme_control \
