@@ -20,7 +20,7 @@ from followme_common.node_params import float_param as _float, int_param as _int
 from followme_common.rate_limit import RateLimiter
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import HeroLocator, Intrinsics
-from followme_perception.overlay import tint
+from followme_perception.overlay import encode_jpeg, JPEG_FORMAT, tint
 from followme_perception.segmenter import DEFAULT_PROVIDERS, HERO, ModelError, Segmenter
 from geometry_msgs.msg import Point, PoseStamped
 import numpy as np
@@ -28,7 +28,7 @@ import onnxruntime as ort
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from visualization_msgs.msg import Marker
 
@@ -84,6 +84,10 @@ PARAMETERS = {
         'most mask_overlay images a second (Hz, node clock); 0 sends one with every frame. '
         'The overlay is for eyes in rviz: at 640x480 it is 0.9 MB per frame, the costliest '
         'output to publish (docs/perception.md)', 0.0, 1000.0)),
+    'overlay_jpeg_quality': (80, _int(
+        'JPEG quality of mask_overlay/compressed (1-100), the overlay for rviz on another '
+        'machine (its "compressed" transport): 12-55 kB per 640x480 frame of the data set at '
+        '80, instead of 900 kB', 1, 100)),
     'diagnostics_period': (1.0, _float('seconds between /diagnostics reports', 0.1, 60.0,
                                        read_only=True)),
 }
@@ -137,6 +141,9 @@ class PerceptionNode(Node):
 
         self._pub_mask = self.create_publisher(Image, 'mask', 1)
         self._pub_overlay = self.create_publisher(Image, 'mask_overlay', 1)
+        # image_transport's naming, so rviz's "compressed" transport hint finds it.
+        self._pub_overlay_jpeg = self.create_publisher(CompressedImage,
+                                                       'mask_overlay/compressed', 1)
         self._pub_pose = self.create_publisher(PoseStamped, 'hero_pose', 10)
         self._pub_detection = self.create_publisher(Float64MultiArray, 'hero_detection', 10)
         self._pub_marker = self.create_publisher(Marker, 'hero_marker', 10)
@@ -181,6 +188,7 @@ class PerceptionNode(Node):
             self.locator.assumed_hfov_deg = self.get_parameter('assumed_hfov_deg').value
             self._depth_tolerance = self.get_parameter('depth_sync_tolerance').value
             self._overlay_alpha = self.get_parameter('overlay_alpha').value
+            self._jpeg_quality = self.get_parameter('overlay_jpeg_quality').value
             overlay_rate = self.get_parameter('overlay_max_rate').value
             if overlay_rate != self._overlay_limiter.max_rate_hz:
                 self._overlay_limiter.max_rate_hz = overlay_rate
@@ -317,7 +325,9 @@ class PerceptionNode(Node):
         if self._pub_marker.get_subscription_count() > 0:  # only rviz reads it
             self._publish_marker(header, estimate)
         mask_wanted = self._pub_mask.get_subscription_count() > 0
-        overlay_wanted = self._pub_overlay.get_subscription_count() > 0 and self._overlay_due()
+        raw_wanted = self._pub_overlay.get_subscription_count() > 0
+        jpeg_wanted = self._pub_overlay_jpeg.get_subscription_count() > 0
+        overlay_wanted = (raw_wanted or jpeg_wanted) and self._overlay_due()
         if not (mask_wanted or overlay_wanted):
             return
         # Frame-sized buffers are copied as little as possible: at 640x480 the copies were
@@ -329,8 +339,18 @@ class PerceptionNode(Node):
             self._pub_mask.publish(mask)
         else:
             class_ids = segmentation.class_ids()
-        if overlay_wanted:
-            self._pub_overlay.publish(_tinted(msg, rgb, class_ids, alpha))
+        if not overlay_wanted:
+            return
+        overlay = _tinted(msg, rgb, class_ids, alpha)
+        if raw_wanted:
+            self._pub_overlay.publish(overlay)
+        if jpeg_wanted:
+            compressed = CompressedImage(header=header, format=JPEG_FORMAT)
+            with self._lock:
+                quality = self._jpeg_quality
+            # Filled in place: the field's setter would copy the bytes once more.
+            compressed.data.frombytes(encode_jpeg(_pixels(overlay).reshape(rgb.shape), quality))
+            self._pub_overlay_jpeg.publish(compressed)
 
     def _mask_message(self, size):
         """Return the node's one mask Image, sized; publishing copies it, so it is reused."""
@@ -478,7 +498,8 @@ def parse_args(argv):
     node_cli.parse_node_args(
         argv, 'perception_node',
         'Segment camera frames (image, depth, camera_info) with the followme FCN '
-        'and publish mask, mask_overlay, hero_pose, hero_detection, hero_marker '
+        'and publish mask, mask_overlay (and mask_overlay/compressed), hero_pose, '
+        'hero_detection, hero_marker '
         'and /diagnostics. See docs/perception.md.',
         PARAMETERS)
 

@@ -29,3 +29,17 @@ def tint(rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5, out=None) -
     # The class ids are the mask: non-zero (a person) takes the blend, straight into `out`.
     cv2.copyTo(blended, ids, out[y:y + h, x:x + w])
     return out
+
+
+# sensor_msgs/CompressedImage.format as compressed_image_transport writes it for an rgb8 image:
+# JPEG data of the BGR pixels, to be shown as rgb8 (rviz's "compressed" transport reads it).
+JPEG_FORMAT = 'rgb8; jpeg compressed bgr8'
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG bytes (a uint8 array) of an (H, W, 3) RGB frame, as compressed_image_transport."""
+    ok, data = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                            (cv2.IMWRITE_JPEG_QUALITY, int(quality)))
+    if not ok:
+        raise ValueError(f'OpenCV could not JPEG-encode a {rgb.shape} {rgb.dtype} frame')
+    return data

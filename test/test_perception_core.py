@@ -8,7 +8,7 @@ from followme_common import paths
 from followme_perception.detection import (FIELDS, HeroDetection, INDEX, IntrinsicsSource,
                                            RangeSource)
 from followme_perception.hero import HeroLocator, Intrinsics
-from followme_perception.overlay import tint
+from followme_perception.overlay import encode_jpeg, tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
                                            ModelError, Segmentation, Segmenter)
 import numpy as np
@@ -358,6 +358,21 @@ def test_overlay_of_a_person_only_a_pixel_or_two_wide(height, width):
     out = tint(rgb, ids, 0.5)
     assert (out[ids == 2][:, 2] > rgb[ids == 2][:, 2]).all()
     np.testing.assert_array_equal(out[ids == 0], rgb[ids == 0])
+
+
+def test_jpeg_of_the_overlay_decodes_to_the_same_colours():
+    rgb, truth = scene()
+    overlay = tint(rgb, truth, 0.5)
+    fine, coarse = encode_jpeg(overlay, 95), encode_jpeg(overlay, 20)
+    assert fine.dtype == np.uint8 and bytes(fine[:2]) == b'\xff\xd8'  # a JPEG stream
+    assert coarse.size < fine.size < overlay.nbytes / 5
+    # Decoded as compressed_image_transport's subscriber does: BGR out of OpenCV, to RGB.
+    decoded = cv2.cvtColor(cv2.imdecode(fine, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert decoded.shape == overlay.shape
+    # Channels not swapped: the hero stays blue, the others green.
+    hero, others = truth == 2, truth == 1
+    assert decoded[hero].mean(0).argmax() == 2 and decoded[others].mean(0).argmax() == 1
+    assert np.abs(decoded.astype(int) - overlay).mean() < 2.0
 
 
 def test_detection_round_trip_and_layout():

@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from followme_common.image_msgs import fill_image, image_to_array, image_to_rgb
 from followme_perception.detection import HeroDetection, RangeSource
 from followme_perception.node import _tinted, PARAMETERS, PerceptionNode
-from followme_perception.overlay import tint
+from followme_perception.overlay import JPEG_FORMAT, tint
 from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -28,7 +28,7 @@ import rclpy
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from visualization_msgs.msg import Marker
 import yaml
@@ -374,6 +374,51 @@ def test_a_burst_is_dropped_not_queued_and_the_newest_frame_wins(rig):
     assert counts['processed'] + counts['dropped'] == counts['images']
     done = [HeroDetection.from_list(m.data).stamp_sec for m in probe.received['hero_detection']]
     assert done == sorted(done) and done[-1] == stamps[-1]
+
+
+def test_compressed_overlay_for_remote_rviz_alone_or_beside_the_raw_one(rig, model_file):
+    node, probe = rig()
+    received = []
+    probe.node.create_subscription(CompressedImage, 'mask_overlay/compressed', received.append,
+                                   10)
+    assert spin_until(probe.executor, lambda: node._pub_overlay_jpeg.get_subscription_count())
+
+    def compressed_for(sec):
+        assert spin_until(probe.executor, lambda: any(
+            m.header.stamp.sec == sec for m in received))
+        return next(m for m in received if m.header.stamp.sec == sec)
+
+    def check(msg, rgb):
+        assert msg.format == JPEG_FORMAT and msg.header.frame_id == 'camera_optical'
+        assert msg.header.stamp.nanosec == 500
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(msg.data, np.uint8),
+                                            cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        expected = tint(rgb, offline_mask(model_file, rgb), 0.5)
+        assert decoded.shape == expected.shape
+        assert np.abs(decoded.astype(int) - expected).mean() < 3.0
+        return len(msg.data)
+
+    rgb = scene()[0]
+    for encoding in ('rgb8', 'bgr8'):   # the frame tinted in place, and a copy
+        sec = probe.send(image_msg(rgb, encoding))
+        check(compressed_for(sec), rgb)
+        assert probe.latest('mask_overlay', sec).encoding == 'rgb8'
+    default_size = check(compressed_for(sec), rgb)
+    # The quality applies to the next frame.
+    assert node.set_parameters([Parameter('overlay_jpeg_quality', value=10)])[0].successful
+    sec = probe.send(image_msg(rgb))
+    assert len(compressed_for(sec).data) < default_size
+    # rviz on another machine, nobody on the raw overlay: only the compressed one is made.
+    node.set_parameters([Parameter('overlay_jpeg_quality', value=95)])
+    for subscription in list(probe.node.subscriptions):
+        if subscription.topic_name.endswith('/mask_overlay'):
+            probe.node.destroy_subscription(subscription)
+    assert spin_until(probe.executor, lambda: node._pub_overlay.get_subscription_count() == 0)
+    sec = probe.send(image_msg(rgb))
+    check(compressed_for(sec), rgb)
+    probe.detection_for(sec)
+    assert all(m.header.stamp.sec != sec for m in probe.received['mask_overlay'])
+    assert node.error_counts() == {}
 
 
 def test_overlay_max_rate_thins_the_overlay_only_and_applies_while_running(rig):
