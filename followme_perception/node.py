@@ -14,7 +14,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
 from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
-                                        image_to_rgb, ImageConversionError)
+                                        image_to_array, image_to_rgb, ImageConversionError)
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_common.rate_limit import RateLimiter
@@ -331,10 +331,11 @@ class PerceptionNode(Node):
         if not (mask_wanted or overlay_wanted):
             return
         # Frame-sized buffers are copied as little as possible: at 640x480 the copies were
-        # the largest cost beyond inference (docs/perception.md).
+        # the largest cost beyond inference (docs/perception.md). The messages written to
+        # through image_to_array's views are the node's own.
         if mask_wanted:
             mask = self._mask_message(segmentation.size)
-            class_ids = segmentation.class_ids(out=_pixels(mask))
+            class_ids = segmentation.class_ids(out=image_to_array(mask))
             mask.header = header
             self._pub_mask.publish(mask)
         else:
@@ -349,7 +350,7 @@ class PerceptionNode(Node):
             with self._lock:
                 quality = self._jpeg_quality
             # Filled in place: the field's setter would copy the bytes once more.
-            compressed.data.frombytes(encode_jpeg(_pixels(overlay).reshape(rgb.shape), quality))
+            compressed.data.frombytes(encode_jpeg(image_to_array(overlay), quality))
             self._pub_overlay_jpeg.publish(compressed)
 
     def _mask_message(self, size):
@@ -474,19 +475,14 @@ def _tinted(msg, rgb, class_ids, alpha):
     camera) goes back out without a copy; other encodings, padded rows or read-only data
     (a bag's bytes) are tinted into a new message.
     """
-    if rgb.flags.writeable and np.may_share_memory(rgb, _pixels(msg)):
+    if rgb.flags.writeable and np.may_share_memory(rgb, image_to_array(msg)):
         tint(rgb, class_ids, alpha, out=rgb)
         msg.encoding = 'rgb8'  # 8UC3 frames are taken as RGB
         return msg
     overlay = fill_image(Image(), rgb, 'rgb8')
-    tint(rgb, class_ids, alpha, out=_pixels(overlay).reshape(rgb.shape))
+    tint(rgb, class_ids, alpha, out=image_to_array(overlay))
     overlay.header = msg.header
     return overlay
-
-
-def _pixels(msg):
-    """Return a message's data as uint8 rows (height x step bytes); writable for rclpy's arrays."""
-    return np.frombuffer(msg.data, np.uint8).reshape(msg.height, -1)
 
 
 def _seconds(stamp):
