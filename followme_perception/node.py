@@ -141,9 +141,10 @@ class PerceptionNode(Node):
 
         self._pub_mask = self.create_publisher(Image, 'mask', 1)
         self._pub_overlay = self.create_publisher(Image, 'mask_overlay', 1)
-        # image_transport's naming, so rviz's "compressed" transport hint finds it.
-        self._pub_overlay_jpeg = self.create_publisher(CompressedImage,
-                                                       'mask_overlay/compressed', 1)
+        # image_transport's naming, so rviz's "compressed" transport hint finds it: under the
+        # raw overlay's resolved name, which a remap of mask_overlay carries along.
+        self._pub_overlay_jpeg = self.create_publisher(
+            CompressedImage, f'{self._pub_overlay.topic_name}/compressed', 1)
         self._pub_pose = self.create_publisher(PoseStamped, 'hero_pose', 10)
         self._pub_detection = self.create_publisher(Float64MultiArray, 'hero_detection', 10)
         self._pub_marker = self.create_publisher(Marker, 'hero_marker', 10)

@@ -421,6 +421,17 @@ def test_compressed_overlay_for_remote_rviz_alone_or_beside_the_raw_one(rig, mod
     assert node.error_counts() == {}
 
 
+def test_compressed_overlay_follows_a_remap_of_the_overlay(executor, model_file):
+    namespace = f'/test_{uuid.uuid4().hex[:8]}'
+    node = PerceptionNode(
+        namespace=namespace, cli_args=['--ros-args', '-r', 'mask_overlay:=viz/overlay'],
+        parameter_overrides=[Parameter('model_path', value=str(model_file)),
+                             Parameter('warmup_runs', value=0)])
+    executor.add_node(node)  # destroyed with the executor
+    assert node._pub_overlay.topic_name == f'{namespace}/viz/overlay'
+    assert node._pub_overlay_jpeg.topic_name == f'{namespace}/viz/overlay/compressed'
+
+
 def test_overlay_max_rate_thins_the_overlay_only_and_applies_while_running(rig):
     # One overlay per 1000 s: of frames sent one after another, only the first gets one.
     node, probe = rig(overlay_max_rate=0.001)
