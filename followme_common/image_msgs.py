@@ -1,5 +1,5 @@
 """
-sensor_msgs/Image <-> numpy, honouring `encoding`, `step` and `is_bigendian`.
+sensor_msgs/Image <-> numpy (`encoding`, `step`, `is_bigendian`); CompressedImage -> numpy.
 
 We do not use cv_bridge: it is not installable from the Python package index and its
 Humble/Jazzy builds break under numpy 2. This module only needs the message's fields, so it
@@ -9,6 +9,7 @@ works with real rclpy messages, rosbags messages and plain objects alike.
 import array
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -85,6 +86,26 @@ def image_to_rgb(msg) -> np.ndarray:
     if encoding in ('mono8', '8UC1'):
         return np.repeat(pixels[:, :, None], 3, axis=2)
     raise ImageConversionError(f"encoding '{encoding}' is not a colour image")
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """
+    Decode a CompressedImage (JPEG or PNG) to a contiguous (H, W, 3) uint8 RGB array.
+
+    compressed_image_transport writes the pixels in OpenCV's BGR order whatever its `format`
+    names as the source encoding ('rgb8; jpeg compressed bgr8'), and a camera's own JPEG
+    decodes to BGR in OpenCV too, so the format only matters to refuse depth.
+    """
+    if 'compressedDepth' in msg.format:
+        raise ImageConversionError(
+            f"format '{msg.format}' is a compressed depth image, not a colour one")
+    data = np.frombuffer(_as_buffer(msg.data), np.uint8)
+    # IMREAD_COLOR: always 8-bit BGR, grey replicated to three channels (as mono8 frames are).
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if decoded is None:
+        raise ImageConversionError(
+            f"cannot decode {data.size} bytes of format '{msg.format}' as JPEG or PNG")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def depth_to_metres(msg) -> np.ndarray:

@@ -13,8 +13,9 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
-from followme_common.image_msgs import (depth_to_metres, ENCODINGS, fill_image,
-                                        image_to_array, image_to_rgb, ImageConversionError)
+from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, ENCODINGS,
+                                        fill_image, image_to_array, image_to_rgb,
+                                        ImageConversionError)
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_common.rate_limit import RateLimiter
@@ -34,6 +35,9 @@ from visualization_msgs.msg import Marker
 
 RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                'reliable': ReliabilityPolicy.RELIABLE}
+# image_transport's names: the camera frames as Image on `image`, or as CompressedImage on
+# `<image>/compressed` (what most camera bags hold).
+TRANSPORTS = {'raw': (Image, ''), 'compressed': (CompressedImage, '/compressed')}
 THROTTLE_S = 5.0
 COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', '8UC3')
 STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
@@ -65,6 +69,10 @@ PARAMETERS = {
     'flip_average': (False, _text(
         'average the network output on each frame and on its mirror image (test-time flip): '
         'fewer false heroes, fewer far-away ones found, twice the inference time')),
+    'image_transport': ('raw', _text(
+        "how camera frames arrive: 'raw' (sensor_msgs/Image on image) or 'compressed' "
+        '(sensor_msgs/CompressedImage, JPEG or PNG, on image/compressed, as image_transport '
+        'names it)')),
     'qos_reliability': ('best_effort', _text(
         "camera subscriptions' reliability: best_effort or reliable")),
     'qos_depth': (1, _int("camera subscriptions' history depth (keep last N)", 1, 100,
@@ -153,7 +161,9 @@ class PerceptionNode(Node):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST,
                          depth=self.get_parameter('qos_depth').value,
                          reliability=RELIABILITY[self.get_parameter('qos_reliability').value])
-        self.create_subscription(Image, 'image', self._on_image, qos)
+        image_type, suffix = TRANSPORTS[self.get_parameter('image_transport').value]
+        self.create_subscription(image_type, self.resolve_topic_name('image') + suffix,
+                                 self._on_image, qos)
         self.create_subscription(Image, 'depth', self._on_depth, qos)
         self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
         self.create_timer(self.get_parameter('diagnostics_period').value,
@@ -168,6 +178,11 @@ class PerceptionNode(Node):
 
     def _check_parameters(self, params):
         for param in params:
+            if param.name == 'image_transport' and param.value not in TRANSPORTS:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"image_transport must be one of {', '.join(TRANSPORTS)}, not "
+                           f"'{param.value}'")
             if param.name == 'qos_reliability' and param.value not in RELIABILITY:
                 return SetParametersResult(
                     successful=False,
@@ -243,7 +258,7 @@ class PerceptionNode(Node):
     def _process(self, msg, arrived):
         started, cpu_started = time.monotonic(), time.thread_time()
         try:
-            rgb = image_to_rgb(msg)
+            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         except ImageConversionError as error:
             self._bad_input(_image_error_kind(msg), f'image dropped: {error}')
             return
@@ -459,6 +474,8 @@ class PerceptionNode(Node):
 
 
 def _image_error_kind(msg):
+    if isinstance(msg, CompressedImage):
+        return 'bad_compressed_image'
     if msg.encoding not in ENCODINGS:
         return 'unknown_encoding'
     if msg.encoding not in COLOUR_ENCODINGS:
@@ -473,10 +490,11 @@ def _tinted(msg, rgb, class_ids, alpha):
     Return the overlay Image: `msg` itself tinted in place when `rgb` is a view of its data.
 
     The frame is ours and no longer needed, so a packed rgb8 frame from rclpy (the usual
-    camera) goes back out without a copy; other encodings, padded rows or read-only data
-    (a bag's bytes) are tinted into a new message.
+    camera) goes back out without a copy; other encodings, padded rows, read-only data (a
+    bag's bytes) and decoded compressed frames are tinted into a new message.
     """
-    if rgb.flags.writeable and np.may_share_memory(rgb, image_to_array(msg)):
+    if (isinstance(msg, Image) and rgb.flags.writeable
+            and np.may_share_memory(rgb, image_to_array(msg))):
         tint(rgb, class_ids, alpha, out=rgb)
         msg.encoding = 'rgb8'  # 8UC3 frames are taken as RGB
         return msg

@@ -3,8 +3,9 @@
 import array
 from types import SimpleNamespace
 
-from followme_common.image_msgs import (depth_to_metres, fill_image, image_to_array,
-                                        image_to_rgb, ImageConversionError)
+import cv2
+from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, fill_image,
+                                        image_to_array, image_to_rgb, ImageConversionError)
 import numpy as np
 import pytest
 
@@ -130,3 +131,54 @@ def test_fill_image_packs_rows_and_checks_shape():
         fill_image(SimpleNamespace(), np.zeros((3, 7), np.uint8), 'rgb8')
     with pytest.raises(ImageConversionError, match='unsupported'):
         fill_image(SimpleNamespace(), RGB, 'rgb9')
+
+
+def compressed(data, fmt, data_type=bytes):
+    """Build a CompressedImage-like object (rosbags gives bytes-like data, rclpy an array)."""
+    data = bytes(data)
+    if data_type is array.array:
+        data = array.array('B', data)
+    return SimpleNamespace(format=fmt, data=data)
+
+
+SCENE = np.zeros((24, 32, 3), np.uint8)
+SCENE[:, :10] = (200, 30, 30)     # red, green, blue bands: a channel swap cannot hide
+SCENE[:, 10:20] = (30, 200, 30)
+SCENE[:, 20:] = (30, 30, 200)
+
+
+@pytest.mark.parametrize('data_type', [bytes, array.array])
+def test_png_decodes_exactly_to_rgb(data_type):
+    png = cv2.imencode('.png', cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))[1]
+    rgb = compressed_to_rgb(compressed(png, 'bgr8; png compressed bgr8', data_type))
+    assert rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb, SCENE)
+
+
+def test_jpeg_as_compressed_image_transport_writes_it_keeps_the_colours():
+    jpeg = cv2.imencode('.jpg', cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR),
+                        (cv2.IMWRITE_JPEG_QUALITY, 95))[1]
+    rgb = compressed_to_rgb(compressed(jpeg, 'rgb8; jpeg compressed bgr8'))
+    assert rgb.shape == SCENE.shape
+    # JPEG smears the sharp band edges a little; swapped channels would be off by ~110.
+    assert np.abs(rgb.astype(int) - SCENE).mean() < 8
+    assert [rgb[:, band].mean((0, 1)).argmax() for band in (slice(0, 8), slice(12, 18),
+                                                            slice(22, 32))] == [0, 1, 2]
+
+
+def test_grey_jpeg_comes_out_as_three_equal_channels():
+    grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (24, 1))
+    rgb = compressed_to_rgb(compressed(cv2.imencode('.png', grey)[1], 'mono8; png compressed '))
+    assert rgb.shape == (24, 32, 3)
+    np.testing.assert_array_equal(rgb[:, :, 0], grey)
+    np.testing.assert_array_equal(rgb[:, :, 1], rgb[:, :, 2])
+
+
+@pytest.mark.parametrize('data,fmt,words', [
+    (b'\xff\xd8\xff not really', 'jpeg', 'cannot decode 14 bytes'),
+    (b'', 'rgb8; jpeg compressed bgr8', 'cannot decode 0 bytes'),
+    (b'\x89PNG', '16UC1; compressedDepth png', 'depth'),
+])
+def test_undecodable_compressed_images_raise_a_clear_error(data, fmt, words):
+    with pytest.raises(ImageConversionError, match=words):
+        compressed_to_rgb(compressed(data, fmt))

@@ -421,6 +421,59 @@ def test_compressed_overlay_for_remote_rviz_alone_or_beside_the_raw_one(rig, mod
     assert node.error_counts() == {}
 
 
+def test_compressed_camera_frames_with_image_transport_compressed(executor, model_file):
+    namespace = f'/test_{uuid.uuid4().hex[:8]}'
+    node = PerceptionNode(namespace=namespace, cli_args=['--ros-args', '-r', 'image:=camera'],
+                          parameter_overrides=[Parameter('model_path', value=str(model_file)),
+                                               Parameter('warmup_runs', value=0),
+                                               Parameter('image_transport', value='compressed')])
+    executor.add_node(node)
+    probe = Probe(executor, namespace)
+    # Where image_transport puts it: under the (remapped) image topic.
+    pub = probe.node.create_publisher(CompressedImage, 'camera/compressed',
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert spin_until(executor, lambda: pub.get_subscription_count() > 0
+                      and node._pub_mask.get_subscription_count() > 0
+                      and node._pub_detection.get_subscription_count() > 0)
+
+    def send(data, fmt):
+        msg = CompressedImage(format=fmt)
+        msg.data.frombytes(data)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = next(_stamps), 500
+        msg.header.frame_id = 'camera_optical'
+        pub.publish(msg)
+        return msg.header.stamp.sec
+
+    for rgb in sample_frames():
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        # PNG is lossless: the mask must be the offline model's, pixel for pixel.
+        sec = send(cv2.imencode('.png', bgr)[1].tobytes(), 'bgr8; png compressed bgr8')
+        probe.detection_for(sec)
+        np.testing.assert_array_equal(image_to_array(probe.latest('mask', sec)),
+                                      offline_mask(model_file, rgb))
+        overlay = probe.latest('mask_overlay', sec)
+        assert overlay.header.frame_id == 'camera_optical' and overlay.encoding == 'rgb8'
+        np.testing.assert_array_equal(image_to_array(overlay),
+                                      tint(rgb, offline_mask(model_file, rgb), 0.5))
+        # JPEG, as compressed_image_transport sends an rgb8 camera: the decoded frame's mask.
+        jpeg = cv2.imencode('.jpg', bgr)[1]
+        seen = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        sec = send(jpeg.tobytes(), 'rgb8; jpeg compressed bgr8')
+        probe.detection_for(sec)
+        np.testing.assert_array_equal(image_to_array(probe.latest('mask', sec)),
+                                      offline_mask(model_file, seen))
+    assert node.error_counts() == {}
+    # Not a picture, nothing, and depth: each counted, and the next good frame is served.
+    bad = ((b'\xff\xd8 not a jpeg', 'rgb8; jpeg compressed bgr8'), (b'', 'jpeg'),
+           (cv2.imencode('.png', bgr)[1].tobytes(), '16UC1; compressedDepth png'))
+    for count, (data, fmt) in enumerate(bad, start=1):
+        send(data, fmt)
+        assert spin_until(executor, lambda: node.error_counts()['bad_compressed_image'] == count)
+    sec = send(cv2.imencode('.png', bgr)[1].tobytes(), 'png')
+    probe.detection_for(sec)
+    assert node.error_counts() == {'bad_compressed_image': 3}
+
+
 def test_compressed_overlay_follows_a_remap_of_the_overlay(executor, model_file):
     namespace = f'/test_{uuid.uuid4().hex[:8]}'
     node = PerceptionNode(
@@ -463,6 +516,7 @@ def test_startup_fails_clearly_on_missing_corrupt_or_misfit_model(executor, tmp_
 
 def test_bad_parameters_are_refused_with_a_reason(executor, model_file):
     for name, value, words in (('qos_reliability', 'sometimes', 'best_effort'),
+                               ('image_transport', 'theora', 'compressed'),
                                ('providers', ['WarpDriveExecutionProvider'], 'unknown'),
                                ('person_height_m', 12.0, 'person_height_m')):
         with pytest.raises(InvalidParameterValueException, match=words):
