@@ -31,6 +31,16 @@ ENCODINGS = {
     'mono8': Encoding(np.dtype(np.uint8), 1),
     '8UC1': Encoding(np.dtype(np.uint8), 1),
     '8UC3': Encoding(np.dtype(np.uint8), 3),
+    # What camera drivers publish before any conversion: 4:2:2 YUV (2 bytes a pixel) from
+    # V4L2 webcams, and 8-bit Bayer mosaics from machine-vision cameras.
+    'yuv422': Encoding(np.dtype(np.uint8), 2),       # UYVY (ROS's name of old)
+    'uyvy': Encoding(np.dtype(np.uint8), 2),
+    'yuv422_yuy2': Encoding(np.dtype(np.uint8), 2),  # YUYV
+    'yuyv': Encoding(np.dtype(np.uint8), 2),
+    'bayer_rggb8': Encoding(np.dtype(np.uint8), 1),
+    'bayer_bggr8': Encoding(np.dtype(np.uint8), 1),
+    'bayer_gbrg8': Encoding(np.dtype(np.uint8), 1),
+    'bayer_grbg8': Encoding(np.dtype(np.uint8), 1),
     'mono16': Encoding(np.dtype(np.uint16), 1),
     '16UC1': Encoding(np.dtype(np.uint16), 1),
     '32FC1': Encoding(np.dtype(np.float32), 1),
@@ -71,6 +81,18 @@ def image_to_array(msg) -> np.ndarray:
     return pixels.reshape(height, width, enc.channels)
 
 
+# OpenCV conversions to RGB, as cv_bridge maps them. OpenCV names a Bayer pattern by the second
+# row's second and third pixels, so ROS's RGGB is OpenCV's BG (a test checks this on a mosaic).
+_CONVERSIONS = {
+    'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'uyvy': cv2.COLOR_YUV2RGB_UYVY,
+    'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUYV, 'yuyv': cv2.COLOR_YUV2RGB_YUYV,
+    'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
+    'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
+}
+# The encodings image_to_rgb() turns into colour frames.
+COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', '8UC3', *_CONVERSIONS)
+
+
 def image_to_rgb(msg) -> np.ndarray:
     """Return a colour or mono image message as a contiguous (H, W, 3) uint8 RGB array."""
     pixels = image_to_array(msg)
@@ -85,6 +107,11 @@ def image_to_rgb(msg) -> np.ndarray:
         return np.ascontiguousarray(pixels[:, :, 2::-1])
     if encoding in ('mono8', '8UC1'):
         return np.repeat(pixels[:, :, None], 3, axis=2)
+    if encoding in _CONVERSIONS:
+        if pixels.ndim == 3 and msg.width % 2:
+            raise ImageConversionError(f'{encoding} needs an even width (a U and a V per two '
+                                       f'pixels), not {msg.width}')
+        return cv2.cvtColor(pixels, _CONVERSIONS[encoding])
     raise ImageConversionError(f"encoding '{encoding}' is not a colour image")
 
 

@@ -13,8 +13,8 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
-from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, ENCODINGS,
-                                        fill_image, image_to_array, image_to_rgb,
+from followme_common.image_msgs import (COLOUR_ENCODINGS, compressed_to_rgb, depth_to_metres,
+                                        ENCODINGS, fill_image, image_to_array, image_to_rgb,
                                         ImageConversionError)
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
@@ -39,7 +39,6 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 # `<image>/compressed` (what most camera bags hold).
 TRANSPORTS = {'raw': (Image, ''), 'compressed': (CompressedImage, '/compressed')}
 THROTTLE_S = 5.0
-COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1', '8UC3')
 STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
 # The worker thread's own CPU time per stage, beside the wall time: on a machine shared with
 # the camera driver and rviz, a stage's wall time also holds the time they ran instead of us.

@@ -103,7 +103,7 @@ def test_little_endian_16bit_is_not_swapped():
 
 
 @pytest.mark.parametrize('change,words', [
-    ({'encoding': 'yuv422'}, 'unsupported encoding'),
+    ({'encoding': 'nv21'}, 'unsupported encoding'),
     ({'height': 0}, 'zero-size'),
     ({'width': 0}, 'zero-size'),
     ({'step': 14}, 'step 14 is smaller'),
@@ -182,3 +182,35 @@ def test_grey_jpeg_comes_out_as_three_equal_channels():
 def test_undecodable_compressed_images_raise_a_clear_error(data, fmt, words):
     with pytest.raises(ImageConversionError, match=words):
         compressed_to_rgb(compressed(data, fmt))
+
+
+def mosaic(rgb, pattern):
+    """Sample an RGB frame through a Bayer filter; `pattern` as ROS names it (rggb: R at 0, 0)."""
+    out = np.empty(rgb.shape[:2], np.uint8)
+    for (dy, dx), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, 'rgb'.index(colour)]
+    return out
+
+
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_mosaics_demosaic_to_their_colours(pattern):
+    flat = np.full((8, 10, 3), (200, 100, 30), np.uint8)
+    rgb = image_to_rgb(raw(mosaic(flat, pattern), f'bayer_{pattern}8', pad=3))
+    assert rgb.shape == flat.shape and rgb.dtype == np.uint8
+    # A flat colour demosaics to itself away from the border, whatever the interpolation.
+    np.testing.assert_array_equal(rgb[2:-2, 2:-2], flat[2:-2, 2:-2])
+
+
+@pytest.mark.parametrize('encoding,code', [
+    ('yuv422', cv2.COLOR_RGB2YUV_UYVY), ('uyvy', cv2.COLOR_RGB2YUV_UYVY),
+    ('yuv422_yuy2', cv2.COLOR_RGB2YUV_YUY2), ('yuyv', cv2.COLOR_RGB2YUV_YUY2)])
+def test_yuv422_byte_orders_decode_to_their_colours(encoding, code):
+    flat = np.full((4, 6, 3), (200, 100, 30), np.uint8)
+    rgb = image_to_rgb(raw(cv2.cvtColor(flat, code), encoding, pad=4))
+    assert rgb.shape == flat.shape
+    assert np.abs(rgb.astype(int) - flat).max() <= 2   # 8-bit YUV rounding
+
+
+def test_yuv422_needs_an_even_width():
+    with pytest.raises(ImageConversionError, match='even width'):
+        image_to_rgb(raw(np.zeros((4, 5, 2), np.uint8), 'yuyv'))

@@ -126,6 +126,8 @@ def image_msg(rgb, encoding='rgb8', pad=0):
         'rgba8': np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
         'bgra8': np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 7, np.uint8)]),
         'mono8': cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+        'yuv422_yuy2': cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_YUY2),
+        'bayer_rggb8': _bayer_rggb(rgb),
     }[encoding]
     msg = fill_image(Image(), converted, encoding)
     if pad:
@@ -134,6 +136,13 @@ def image_msg(rgb, encoding='rgb8', pad=0):
         msg.step += pad
         msg.data = padded.tobytes()
     return msg
+
+
+def _bayer_rggb(rgb):
+    mosaic = rgb[:, :, 1].copy()                  # green on the other two sites
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return mosaic
 
 
 def depth_msg(metres, encoding='32FC1'):
@@ -170,6 +179,7 @@ def sample_frames():
 
 @pytest.mark.parametrize('encoding,pad', [('rgb8', 0), ('bgr8', 0), ('rgba8', 0),
                                           ('bgra8', 0), ('mono8', 0), ('8UC3', 0),
+                                          ('yuv422_yuy2', 0), ('bayer_rggb8', 0),
                                           ('rgb8', 5), ('bgra8', 12)])
 def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding, pad):
     node, probe = rig()
@@ -179,8 +189,8 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
         probe.detection_for(sec)
         mask = probe.latest('mask', sec)
         overlay = probe.latest('mask_overlay', sec)
-        seen = rgb if encoding != 'mono8' else np.repeat(
-            cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+        # Grey, 4:2:2 chroma and a Bayer mosaic lose some colour: the frame as converted.
+        seen = image_to_rgb(msg) if encoding in ('mono8', 'yuv422_yuy2', 'bayer_rggb8') else rgb
         expected = offline_mask(model_file, seen)
         assert mask.encoding == 'mono8' and overlay.encoding == 'rgb8'
         assert (mask.height, mask.width) == rgb.shape[:2]
