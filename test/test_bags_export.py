@@ -12,9 +12,14 @@ RED, GREEN, BLUE = ([255, 0, 0], [0, 255, 0], [0, 0, 255])
 
 def write_camera_bag(path, frames=6, masked=(0, 1, 2, 3, 4), bad_mask_at=None,
                      encoding='rgb8'):
-    """Frames at 10 Hz; masks (same stamps) for the `masked` ones, written after the frame."""
+    """
+    Frames at 10 Hz; masks (same stamps) for the `masked` ones, written after the frame.
+
+    Encoding 'png' writes the frames as CompressedImage on /image/compressed instead.
+    """
     with BagWriter(path) as writer:
         writer.add_topic('/image', 'sensor_msgs/msg/Image')
+        writer.add_topic('/image/compressed', 'sensor_msgs/msg/CompressedImage')
         writer.add_topic('/true_mask', 'sensor_msgs/msg/Image')
         writer.add_topic('/chatter', 'std_msgs/msg/String')
         for i in range(frames):
@@ -22,7 +27,10 @@ def write_camera_bag(path, frames=6, masked=(0, 1, 2, 3, 4), bad_mask_at=None,
             pixels = frame(40 * (i + 1))
             if encoding == 'bgr8':
                 pixels = pixels[:, :, ::-1]
-            writer.write('/image', stamp, image_cdr(pixels, encoding, stamp))
+            if encoding == 'png':
+                writer.write('/image/compressed', stamp, png_cdr(pixels, stamp))
+            else:
+                writer.write('/image', stamp, image_cdr(pixels, encoding, stamp))
             writer.write('/chatter', stamp, string_cdr('not an image'))
             if i in masked:
                 ids = mask_ids()
@@ -32,14 +40,24 @@ def write_camera_bag(path, frames=6, masked=(0, 1, 2, 3, 4), bad_mask_at=None,
     return path
 
 
+def png_cdr(rgb, stamp_ns):
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage
+    msg = CompressedImage(format='rgb8; png compressed bgr8')
+    msg.data.frombytes(cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), NS)
+    return serialize_message(msg)
+
+
 def read_rgb(path):
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8'])
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'png'])
 def test_export_writes_the_classic_layout(tmp_path, encoding):
     bag = write_camera_bag(tmp_path / 'run1', encoding=encoding)
-    summary = export_bag(bag, tmp_path / 'data', progress=False)
+    summary = export_bag(bag, tmp_path / 'data', progress=False,
+                         image_topic='image/compressed' if encoding == 'png' else 'image')
     images = sorted((tmp_path / 'data' / 'images').iterdir())
     masks = sorted((tmp_path / 'data' / 'masks').iterdir())
     assert summary.pairs == 5 and summary.images_without_mask == 1 and summary.bad == 0
@@ -98,7 +116,8 @@ def test_every_thins_the_pairs_and_prefixes_keep_bags_apart(tmp_path):
 
 def test_wrong_topic_type_is_refused(tmp_path):
     bag = write_camera_bag(tmp_path / 'bag')
-    with pytest.raises(BagError, match='/chatter .* is std_msgs/msg/String'):
+    with pytest.raises(BagError, match='/chatter .* is std_msgs/msg/String, not '
+                                       'sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage'):
         export_bag(bag, tmp_path / 'data', image_topic='chatter', progress=False)
 
 

@@ -17,11 +17,14 @@ import sys
 
 import cv2
 from followme_common.bags.storage import BagError, BagReader
-from followme_common.image_msgs import image_to_array, image_to_rgb, ImageConversionError
+from followme_common.image_msgs import (compressed_to_rgb, image_to_array, image_to_rgb,
+                                        ImageConversionError)
 import numpy as np
 from rosbags.typesys import get_typestore, Stores
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+# Camera bags from real robots mostly hold the frames compressed (JPEG or PNG).
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 # Classic mask colours, RGB, in class-id order: red background, green others, blue hero.
 MASK_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 MASK_ENCODINGS = ('mono8', '8UC1')
@@ -82,9 +85,9 @@ class _Exporter:
         if not images_only:
             self._masks_dir.mkdir(parents=True, exist_ok=True)
 
-    def add_frame(self, msg, where):
+    def add_frame(self, msg, where, compressed=False):
         try:
-            rgb = image_to_rgb(msg)
+            rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
         except ImageConversionError as err:
             self.summary.note(f'frame at {where}: {err}')
             return
@@ -185,9 +188,10 @@ def export_bag(bag, output, image_topic='image', mask_topic='true_mask', size=(2
                 present = ', '.join(t for t, info in topics.items() if info.count) or 'none'
                 raise BagError(f'{reader.path} has no messages on topic {name} (it has: '
                                f'{present}){hint}')
-            if topics[name].msgtype != IMAGE_TYPE:
+            allowed = (IMAGE_TYPE, COMPRESSED_TYPE) if name == image_topic else (IMAGE_TYPE,)
+            if topics[name].msgtype not in allowed:
                 raise BagError(f'{name} in {reader.path} is {topics[name].msgtype}, not '
-                               f'{IMAGE_TYPE}')
+                               f'{" or ".join(allowed)}')
         name = prefix or re.sub(r'[^A-Za-z0-9]+', '-', Path(reader.path).stem).strip('-')
         exporter = _Exporter(output, name or 'bag', size, every, images_only)
         bar = None
@@ -197,7 +201,7 @@ def export_bag(bag, output, image_topic='image', mask_topic='true_mask', size=(2
         for message in reader.messages(set(wanted)):
             where = f'{message.topic} @ {message.timestamp / 1e9:.3f} s'
             try:
-                msg = store.deserialize_cdr(message.data, IMAGE_TYPE)
+                msg = store.deserialize_cdr(message.data, topics[message.topic].msgtype)
             except Exception as err:  # rosbags raises assorted errors on damaged CDR
                 exporter.summary.note(f'{where}: cannot decode ({err})')
                 continue
@@ -205,7 +209,7 @@ def export_bag(bag, output, image_topic='image', mask_topic='true_mask', size=(2
                 if bar is not None:
                     bar.update()
             if message.topic == image_topic:
-                exporter.add_frame(msg, where)
+                exporter.add_frame(msg, where, topics[image_topic].msgtype == COMPRESSED_TYPE)
             else:
                 exporter.add_mask(msg, where)
         if bar is not None:
@@ -225,7 +229,8 @@ def parse_args(argv):
                         help='data folder to write images/ and masks/ into (created; other '
                              'bags may be exported into the same folder with other prefixes)')
     parser.add_argument('--image-topic', default='image',
-                        help='sensor_msgs/Image camera topic (default image)')
+                        help='camera topic, sensor_msgs/Image or CompressedImage (JPEG/PNG, '
+                             'e.g. /camera/image_raw/compressed; default image)')
     parser.add_argument('--mask-topic', default='true_mask',
                         help='mono8 class-id mask topic, 0/1/2 (default true_mask)')
     parser.add_argument('--size', type=int, nargs=2, default=(256, 256), metavar=('H', 'W'),
