@@ -134,21 +134,36 @@ def compressed_to_rgb(msg) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def depth_to_metres(msg) -> np.ndarray:
+class DepthMetres:
     """
-    REP 118 depth as float32 metres: 32FC1 is metres, 16UC1 is millimetres.
+    A REP 118 depth image read in metres where it is indexed: 32FC1 is metres, 16UC1 mm.
 
-    0, NaN and inf mean 'no reading' and come back as NaN.
+    0, NaN and inf mean 'no reading' and come back as NaN. Indexing converts only the pixels
+    asked for: the hero's few hundred instead of a whole frame (0.2 ms at 640x480).
     """
-    if msg.encoding == '32FC1':
-        depth = image_to_array(msg).astype(np.float32, copy=True)
-    elif msg.encoding in ('16UC1', 'mono16'):
-        depth = image_to_array(msg).astype(np.float32) * np.float32(0.001)
-    else:
-        raise ImageConversionError(
-            f"depth encoding '{msg.encoding}' is not REP 118 (use 32FC1 metres or 16UC1 mm)")
-    depth[~np.isfinite(depth) | (depth <= 0.0)] = np.nan
-    return depth
+
+    def __init__(self, msg):
+        if msg.encoding == '32FC1':
+            self._scale = None
+        elif msg.encoding in ('16UC1', 'mono16'):
+            self._scale = np.float32(0.001)
+        else:
+            raise ImageConversionError(
+                f"depth encoding '{msg.encoding}' is not REP 118 (use 32FC1 metres or 16UC1 mm)")
+        self._raw = image_to_array(msg)
+        self.shape = self._raw.shape
+
+    def __getitem__(self, index) -> np.ndarray:
+        metres = np.array(self._raw[index], dtype=np.float32)  # a copy, whatever the index
+        if self._scale is not None:
+            metres *= self._scale
+        metres[~np.isfinite(metres) | (metres <= 0.0)] = np.nan
+        return metres
+
+
+def depth_to_metres(msg) -> np.ndarray:
+    """Return a whole REP 118 depth image as float32 metres, NaN where there is no reading."""
+    return DepthMetres(msg)[...]
 
 
 def fill_image(msg, pixels: np.ndarray, encoding: str):

@@ -74,8 +74,8 @@ class HeroLocator:
 
         class_ids: (h, w) uint8 mask on the network grid; hero_prob: (h, w) hero probability;
         image_size: the input image's (H, W), default (h, w); depth: (H, W) float metres with
-        NaN for no reading, or None; intrinsics: from CameraInfo for the image size, or None;
-        stamp: (sec, nanosec).
+        NaN for no reading (an array, or a DepthMetres read only where indexed), or None;
+        intrinsics: from CameraInfo for the image size, or None; stamp: (sec, nanosec).
         """
         height, width = image_size or class_ids.shape
         frame = {'stamp_sec': int(stamp[0]), 'stamp_nanosec': int(stamp[1]),

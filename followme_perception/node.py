@@ -13,7 +13,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from followme_common import node_cli, paths
-from followme_common.image_msgs import (COLOUR_ENCODINGS, compressed_to_rgb, depth_to_metres,
+from followme_common.image_msgs import (COLOUR_ENCODINGS, compressed_to_rgb, DepthMetres,
                                         ENCODINGS, fill_image, image_to_array, image_to_rgb,
                                         ImageConversionError)
 from followme_common.memory import keep_large_buffers
@@ -309,7 +309,7 @@ class PerceptionNode(Node):
                             'image at its resolution. Depth not used')
             return None
         try:
-            depth = depth_to_metres(depth_msg)
+            depth = DepthMetres(depth_msg)  # converted where the hero's blob reads it
         except ImageConversionError as error:
             self._bad_input('depth_bad_image', f'depth dropped: {error}')
             return None

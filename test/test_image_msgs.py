@@ -4,7 +4,8 @@ import array
 from types import SimpleNamespace
 
 import cv2
-from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, fill_image,
+from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, DepthMetres,
+                                        fill_image,
                                         image_to_array, image_to_rgb, ImageConversionError)
 import numpy as np
 import pytest
@@ -214,3 +215,22 @@ def test_yuv422_byte_orders_decode_to_their_colours(encoding, code):
 def test_yuv422_needs_an_even_width():
     with pytest.raises(ImageConversionError, match='even width'):
         image_to_rgb(raw(np.zeros((4, 5, 2), np.uint8), 'yuyv'))
+
+
+@pytest.mark.parametrize('encoding', ['16UC1', '32FC1'])
+def test_depth_read_where_indexed_equals_the_whole_conversion(encoding):
+    rng = np.random.default_rng(3)
+    millimetres = rng.integers(1, 9000, (12, 16)).astype(np.uint16)
+    millimetres[1, 1] = 0                                            # no reading
+    pixels = millimetres if encoding == '16UC1' else millimetres.astype(np.float32) / 1000
+    if encoding == '32FC1':
+        pixels[2, 3], pixels[4, 5] = np.nan, np.inf
+    msg = raw(pixels, encoding, pad=6)
+    whole, lazy = depth_to_metres(msg), DepthMetres(msg)
+    assert lazy.shape == whole.shape == (12, 16)
+    rows = np.concatenate([[1, 2, 4], rng.integers(0, 12, 40)])
+    cols = np.concatenate([[1, 3, 5], rng.integers(0, 16, 40)])
+    sampled = lazy[rows, cols]
+    np.testing.assert_array_equal(sampled, whole[rows, cols])   # NaN equals NaN here
+    assert np.isnan(sampled[0]) and np.isnan(sampled[1]) == (encoding == '32FC1')
+    np.testing.assert_array_equal(lazy[2:5, 3:6], whole[2:5, 3:6])
