@@ -63,6 +63,9 @@ def parse_args(argv=None):
                         help="the node's providers parameter, comma-separated (default: the "
                              "node's own default list); the node's model is timed against "
                              'Keras with the providers the node really got')
+    parser.add_argument('--encoding', default='rgb8', choices=CAMERA_ENCODINGS,
+                        help='encoding of the camera frames sent (default rgb8); the node '
+                             'converts the others to RGB in its convert stage')
     parser.add_argument('--classic-frames', type=int, default=40,
                         help='frames for the Keras vs ONNX Runtime comparison')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
@@ -270,16 +273,24 @@ def _stop(process):
         process.kill()
 
 
-def image_message(rgb):
+# What a camera driver might publish, made from an RGB frame with OpenCV's conversion codes.
+CAMERA_ENCODINGS = {'rgb8': None, 'bgr8': 'COLOR_RGB2BGR', 'bgra8': 'COLOR_RGB2BGRA',
+                    'mono8': 'COLOR_RGB2GRAY', 'yuyv': 'COLOR_RGB2YUV_YUY2'}
+
+
+def image_message(rgb, encoding='rgb8'):
+    import cv2
     from sensor_msgs.msg import Image
 
     from followme_common.image_msgs import fill_image
-    msg = fill_image(Image(), rgb, 'rgb8')
+    code = CAMERA_ENCODINGS[encoding]
+    msg = fill_image(Image(), rgb if code is None else cv2.cvtColor(rgb, getattr(cv2, code)),
+                     encoding)
     msg.header.frame_id = 'camera_optical'
     return msg
 
 
-def bench_stages(rig, size, count):
+def bench_stages(rig, size, count, encoding='rgb8'):
     """
     Return the median ms per stage for `count` frames of `size`, sent one at a time.
 
@@ -287,7 +298,7 @@ def bench_stages(rig, size, count):
     detection received here) is measured here.
     """
     from tqdm import tqdm
-    messages = [image_message(f) for f in frames(*size, count)]
+    messages = [image_message(f, encoding) for f in frames(*size, count)]
     processed = int(rig.report()['frames_processed'])
     round_trip = []
     for msg in tqdm(messages, desc=f'stages {size[1]}x{size[0]}', unit='frame'):
@@ -305,10 +316,10 @@ def bench_stages(rig, size, count):
     return stages
 
 
-def bench_throughput(rig, rate, seconds):
+def bench_throughput(rig, rate, seconds, encoding='rgb8'):
     """Publish 640x480 frames at `rate` Hz; return counts and latency early and late."""
     from tqdm import tqdm
-    messages = [image_message(f) for f in frames(480, 640, 30)]
+    messages = [image_message(f, encoding) for f in frames(480, 640, 30)]
     before = rig.report()
     stamps = []
     period = 1.0 / rate
@@ -349,7 +360,7 @@ OVERLAY_CASES = (('nobody views the overlay', (), None),
                   'mask_overlay/compressed'))
 
 
-def bench_overlay_cost(model_path, rate, seconds, node_parameters=()):
+def bench_overlay_cost(model_path, rate, seconds, node_parameters=(), encoding='rgb8'):
     """Per overlay case, 640x480 at `rate` Hz: CPU beyond inference (mean) and inference."""
     results = {}
     for label, parameters, viewed in OVERLAY_CASES:
@@ -357,7 +368,7 @@ def bench_overlay_cost(model_path, rate, seconds, node_parameters=()):
         try:
             if viewed != 'mask_overlay':
                 rig.stop_overlay(viewed)
-            run = bench_throughput(rig, rate, seconds)
+            run = bench_throughput(rig, rate, seconds, encoding)
             report = rig.report()
             results[label] = {'processed': run['processed'], 'dropped': run['dropped'],
                               'beyond_ms': float(report['beyond_infer_cpu_mean_ms']),
@@ -426,20 +437,20 @@ def main(argv=None):
         try:
             rig = Rig(model_path, node_parameters)
             try:
-                print(f'providers: {rig.providers}')
+                print(f'providers: {rig.providers}; camera frames: {args.encoding}')
                 # Warm-up: first frames through DDS, caches.
-                bench_stages(rig, (256, 256), args.frames)
-                stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames)
+                bench_stages(rig, (256, 256), args.frames, args.encoding)
+                stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames, args.encoding)
                           for h, w in ((256, 256), (480, 640))}
                 rig.stop_overlay()
-                stages['640x480, no overlay subscriber'] = bench_stages(rig, (480, 640),
-                                                                        args.frames)
-                throughput = bench_throughput(rig, args.rate, args.seconds)
+                stages['640x480, no overlay subscriber'] = bench_stages(
+                    rig, (480, 640), args.frames, args.encoding)
+                throughput = bench_throughput(rig, args.rate, args.seconds, args.encoding)
                 node_providers = rig.providers.split(',')
             finally:
                 rig.close()
             overlay_cost = None if args.skip_overlay_cost else bench_overlay_cost(
-                model_path, args.rate, args.seconds, node_parameters)
+                model_path, args.rate, args.seconds, node_parameters, args.encoding)
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
