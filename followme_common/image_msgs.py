@@ -100,23 +100,40 @@ _CONVERSIONS = {
 COLOUR_ENCODINGS = ('rgb8', '8UC3', *_CONVERSIONS)
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """Return a colour or mono image message as a contiguous (H, W, 3) uint8 RGB array."""
+def new_rgb(height: int, width: int) -> np.ndarray:
+    """Return a new (height, width, 3) uint8 array: the converters' default destination."""
+    return np.empty((height, width, 3), np.uint8)
+
+
+def image_to_rgb(msg, allocate=new_rgb) -> np.ndarray:
+    """
+    Return a colour or mono image message as a contiguous (H, W, 3) uint8 RGB array.
+
+    A packed rgb8 frame comes back as a view of its data. Anything else is converted into
+    `allocate(height, width)`, called once the message has been checked (an outgoing message's
+    own buffer, say, to save a copy later).
+    """
     pixels = image_to_array(msg)
     encoding = msg.encoding
     if encoding in ('rgb8', '8UC3'):
-        return np.ascontiguousarray(pixels)
+        if pixels.flags.c_contiguous:
+            return pixels
+        out = allocate(*pixels.shape[:2])
+        np.copyto(out, pixels)
+        return out
     if encoding not in _CONVERSIONS:
         raise ImageConversionError(f"encoding '{encoding}' is not a colour image")
     if encoding in YUV422 and msg.width % 2:
         raise ImageConversionError(f'{encoding} needs an even width (a U and a V per two '
                                    f'pixels), not {msg.width}')
-    return cv2.cvtColor(pixels, _CONVERSIONS[encoding])
+    return cv2.cvtColor(pixels, _CONVERSIONS[encoding], dst=allocate(*pixels.shape[:2]))
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
+def compressed_to_rgb(msg, allocate=new_rgb) -> np.ndarray:
     """
     Decode a CompressedImage (JPEG or PNG) to a contiguous (H, W, 3) uint8 RGB array.
+
+    The RGB pixels go into `allocate(height, width)`, as in image_to_rgb().
 
     compressed_image_transport writes the pixels in OpenCV's BGR order whatever its `format`
     names as the source encoding ('rgb8; jpeg compressed bgr8'), and a camera's own JPEG
@@ -131,7 +148,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if decoded is None:
         raise ImageConversionError(
             f"cannot decode {data.size} bytes of format '{msg.format}' as JPEG or PNG")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB, dst=allocate(*decoded.shape[:2]))
 
 
 class DepthMetres:

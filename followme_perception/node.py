@@ -144,6 +144,7 @@ class PerceptionNode(Node):
         self._timings = deque(maxlen=TIMING_WINDOW)
         self._marker_shown = False
         self._mask = None           # the mask Image, reused from frame to frame
+        self._converter = FrameConverter()
         self._last_report = (time.monotonic(), Counter())
 
         self._pub_mask = self.create_publisher(Image, 'mask', 1)
@@ -257,7 +258,7 @@ class PerceptionNode(Node):
     def _process(self, msg, arrived):
         started, cpu_started = time.monotonic(), time.thread_time()
         try:
-            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            rgb, frame = self._converter.convert(msg)
         except ImageConversionError as error:
             self._bad_input(_image_error_kind(msg), f'image dropped: {error}')
             return
@@ -281,7 +282,7 @@ class PerceptionNode(Node):
             self._bad_input('depth_no_valid_pixels', 'the hero blob has no valid depth '
                             '(0, NaN or inf); range falls back to size or bearing')
         t_post, cpu_post = time.monotonic(), time.thread_time()
-        self._publish(msg, rgb, segmentation, estimate, alpha)
+        self._publish(msg.header, frame, rgb, segmentation, estimate, alpha)
         done, cpu_done = time.monotonic(), time.thread_time()
         stage_s = (t_convert - started, t_pre - t_convert, t_infer - t_pre, t_post - t_infer,
                    done - t_post)
@@ -324,9 +325,8 @@ class PerceptionNode(Node):
 
     # Outputs ------------------------------------------------------------------------------
 
-    def _publish(self, msg, rgb, segmentation, estimate, alpha):
+    def _publish(self, header, frame, rgb, segmentation, estimate, alpha):
         # What control waits for first; the images, for rviz, take most of the time.
-        header = msg.header
         detection = estimate.detection
         summary = Float64MultiArray(data=detection.to_list())
         summary.layout.dim = [MultiArrayDimension(label=LAYOUT_LABEL, size=len(FIELDS),
@@ -357,7 +357,7 @@ class PerceptionNode(Node):
             class_ids = segmentation.class_ids()
         if not overlay_wanted:
             return
-        overlay = _tinted(msg, rgb, class_ids, alpha)
+        overlay = _tinted(frame, rgb, class_ids, alpha, header)
         if raw_wanted:
             self._pub_overlay.publish(overlay)
         if jpeg_wanted:
@@ -484,22 +484,55 @@ def _image_error_kind(msg):
     return 'bad_data_size'
 
 
-def _tinted(msg, rgb, class_ids, alpha):
+class FrameConverter:
     """
-    Return the overlay Image: `msg` itself tinted in place when `rgb` is a view of its data.
+    Camera frames to RGB, landing in an rgb8 Image wherever a conversion is needed.
 
-    The frame is ours and no longer needed, so a packed rgb8 frame from rclpy (the usual
-    camera) goes back out without a copy; other encodings, padded rows, read-only data (a
-    bag's bytes) and decoded compressed frames are tinted into a new message.
+    A packed rgb8 frame is used where it lies; every other encoding, and a compressed frame, is
+    converted straight into this converter's own rgb8 Image, reused from frame to frame
+    (publishing copies it). Either way the frame's pixels already sit in an Image, and the
+    overlay is tinted into them without another copy of the frame.
     """
-    if (isinstance(msg, Image) and rgb.flags.writeable
-            and np.may_share_memory(rgb, image_to_array(msg))):
+
+    def __init__(self):
+        self.message = None   # the rgb8 Image conversions write into
+
+    def convert(self, msg):
+        """
+        Return the frame as (H, W, 3) RGB and the Image holding those pixels, or None.
+
+        None when they are nobody's message (read-only data: a bag's bytes). Raises
+        ImageConversionError for frames that cannot be read.
+        """
+        if isinstance(msg, CompressedImage):
+            rgb = compressed_to_rgb(msg, self._pixels)
+        else:
+            rgb = image_to_rgb(msg, self._pixels)
+            if np.may_share_memory(rgb, image_to_array(msg)):
+                return rgb, (msg if rgb.flags.writeable else None)
+        self.message.header = msg.header
+        return rgb, self.message
+
+    def _pixels(self, height, width):
+        if self.message is None or (self.message.height, self.message.width) != (height, width):
+            self.message = fill_image(Image(), np.zeros((height, width, 3), np.uint8), 'rgb8')
+        return image_to_array(self.message)
+
+
+def _tinted(frame, rgb, class_ids, alpha, header):
+    """
+    Return the overlay Image: `frame`, the Image holding `rgb`, tinted in place.
+
+    The frame is ours and no longer needed once the network has run. Without one (read-only
+    pixels), the overlay is tinted into a new message.
+    """
+    if frame is not None:
         tint(rgb, class_ids, alpha, out=rgb)
-        msg.encoding = 'rgb8'  # 8UC3 frames are taken as RGB
-        return msg
+        frame.encoding = 'rgb8'  # 8UC3 frames are taken as RGB
+        return frame
     overlay = fill_image(Image(), rgb, 'rgb8')
     tint(rgb, class_ids, alpha, out=image_to_array(overlay))
-    overlay.header = msg.header
+    overlay.header = header
     return overlay
 
 

@@ -234,3 +234,32 @@ def test_depth_read_where_indexed_equals_the_whole_conversion(encoding):
     np.testing.assert_array_equal(sampled, whole[rows, cols])   # NaN equals NaN here
     assert np.isnan(sampled[0]) and np.isnan(sampled[1]) == (encoding == '32FC1')
     np.testing.assert_array_equal(lazy[2:5, 3:6], whole[2:5, 3:6])
+
+
+@pytest.mark.parametrize('encoding,pad', [('bgr8', 0), ('mono8', 0), ('rgb8', 3), ('yuyv', 0)])
+def test_conversions_land_in_the_buffer_allocate_gives(encoding, pad):
+    pixels = {'bgr8': RGB[:, :, ::-1], 'mono8': RGB[:, :, 0], 'rgb8': RGB,
+              'yuyv': np.zeros((4, 4, 2), np.uint8)}[encoding]
+    given = []
+
+    def allocate(height, width):
+        given.append(np.full((height, width, 3), 7, np.uint8))
+        return given[-1]
+    msg = raw(pixels, encoding, pad=pad)
+    rgb = image_to_rgb(msg, allocate)
+    assert len(given) == 1 and np.shares_memory(rgb, given[0])
+    np.testing.assert_array_equal(rgb, image_to_rgb(msg))
+
+
+def test_a_packed_rgb8_frame_is_not_copied():
+    msg = raw(RGB, 'rgb8', data_type=array.array)
+    rgb = image_to_rgb(msg, lambda h, w: pytest.fail('nothing to convert'))
+    assert np.shares_memory(rgb, np.frombuffer(msg.data, np.uint8))
+
+
+def test_compressed_frames_land_in_the_buffer_allocate_gives():
+    png = cv2.imencode('.png', cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))[1]
+    buffer = np.zeros(SCENE.shape, np.uint8)
+    rgb = compressed_to_rgb(compressed(png, 'png'), lambda h, w: buffer)
+    assert np.shares_memory(rgb, buffer)
+    np.testing.assert_array_equal(buffer, SCENE)

@@ -16,7 +16,7 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from followme_common.image_msgs import fill_image, image_to_array, image_to_rgb
 from followme_perception.detection import HeroDetection, RangeSource
-from followme_perception.node import _tinted, PARAMETERS, PerceptionNode
+from followme_perception.node import _tinted, FrameConverter, PARAMETERS, PerceptionNode
 from followme_perception.overlay import JPEG_FORMAT, tint
 from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError
 from geometry_msgs.msg import PoseStamped
@@ -203,23 +203,40 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
     assert node.error_counts() == {}
 
 
-@pytest.mark.parametrize('encoding,pad,read_only,in_place', [
-    ('rgb8', 0, False, True), ('8UC3', 0, False, True), ('rgb8', 0, True, False),
-    ('rgb8', 5, False, False), ('bgr8', 0, False, False), ('mono8', 0, False, False)])
-def test_overlay_reuses_the_frame_only_when_it_is_packed_rgb_and_writable(
-        encoding, pad, read_only, in_place):
+@pytest.mark.parametrize('encoding,pad,read_only,lands_in', [
+    ('rgb8', 0, False, 'frame'), ('8UC3', 0, False, 'frame'), ('rgb8', 0, True, 'new'),
+    ('rgb8', 5, False, 'converter'), ('bgr8', 0, False, 'converter'),
+    ('mono8', 0, False, 'converter'), ('bgr8', 0, True, 'converter')])
+def test_the_overlay_is_tinted_where_the_frame_already_lies(encoding, pad, read_only, lands_in):
     rgb, truth = scene()
     msg = image_msg(rgb, encoding, pad)
     msg.header.frame_id, msg.header.stamp.nanosec = 'camera_optical', 500
     if read_only:
         msg = _BagImage(msg)   # a bag's message: its data is immutable bytes
-    pixels = image_to_rgb(msg)
+    converter = FrameConverter()
+    pixels, frame = converter.convert(msg)
+    np.testing.assert_array_equal(pixels, image_to_rgb(msg))
     expected = tint(pixels, truth, 0.5)
-    overlay = _tinted(msg, pixels, truth, 0.5)
-    assert (overlay is msg) == in_place
+    overlay = _tinted(frame, pixels, truth, 0.5, msg.header)
+    # No copy of the frame: the camera's own message, the converter's reused one, or (only
+    # for read-only rgb8 data) a new one.
+    if lands_in == 'new':
+        assert frame is None and overlay is not msg and converter.message is None
+    else:
+        assert overlay is {'frame': msg, 'converter': converter.message}[lands_in]
     assert overlay.encoding == 'rgb8' and overlay.header.frame_id == 'camera_optical'
     assert overlay.header.stamp.nanosec == 500
     np.testing.assert_array_equal(image_to_array(overlay), expected)
+
+
+def test_the_converter_reuses_its_message_and_resizes_it():
+    converter = FrameConverter()
+    small, large = scene()[0], np.zeros((60, 80, 3), np.uint8)
+    _, first = converter.convert(image_msg(small, 'bgr8'))
+    _, again = converter.convert(image_msg(small[:, :, ::-1].copy(), 'rgb8', 2))
+    _, resized = converter.convert(image_msg(large, 'bgr8'))
+    assert first is again and resized is not first
+    assert (resized.height, resized.width) == (60, 80)
 
 
 class _BagImage:
