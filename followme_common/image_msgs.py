@@ -8,6 +8,7 @@ works with real rclpy messages, rosbags messages and plain objects alike.
 
 import array
 from dataclasses import dataclass
+import struct
 
 import cv2
 import numpy as np
@@ -168,12 +169,56 @@ class DepthMetres:
             raise ImageConversionError(
                 f"depth encoding '{msg.encoding}' is not REP 118 (use 32FC1 metres or 16UC1 mm)")
         self._raw = image_to_array(msg)
+        self._inverse = None   # (A, B) of compressedDepth's quantized inverse depth
         self.shape = self._raw.shape
 
+    @classmethod
+    def from_compressed(cls, msg):
+        """
+        Read a CompressedImage as compressed_depth_image_transport writes it ('compressedDepth').
+
+        Its data is a 12-byte header (int32 format, float32 A and B) and a 16-bit PNG: 16UC1
+        millimetres as they are, or 32FC1 as quantized inverse depth, z = A / (value - B), 0 for
+        no reading. The RVL codec is not read.
+        """
+        encoding, _, compression = msg.format.partition(';')
+        encoding, compression = encoding.strip(), compression.strip()
+        if not compression.startswith('compressedDepth'):
+            raise ImageConversionError(f"format '{msg.format}' is not a compressedDepth image")
+        if compression not in ('compressedDepth', 'compressedDepth png'):
+            raise ImageConversionError(f"format '{msg.format}': only the png codec is read; set "
+                                       "the publisher's compressedDepth format to png")
+        data = np.frombuffer(_as_buffer(msg.data), np.uint8)
+        if data.size <= 12:
+            raise ImageConversionError(f'compressedDepth image of {data.size} bytes: no PNG after '
+                                       'its 12-byte header')
+        _, quant_a, quant_b = struct.unpack('<iff', data[:12].tobytes())
+        raw = cv2.imdecode(data[12:], cv2.IMREAD_UNCHANGED)
+        if raw is None or raw.dtype != np.uint16 or raw.ndim != 2:
+            raise ImageConversionError(f"format '{msg.format}': the data is not a 16-bit "
+                                       'single-channel PNG')
+        depth = cls.__new__(cls)
+        depth._raw, depth.shape = raw, raw.shape
+        if encoding in ('16UC1', 'mono16'):
+            depth._scale, depth._inverse = np.float32(0.001), None
+        elif encoding == '32FC1':
+            depth._scale, depth._inverse = None, (np.float32(quant_a), np.float32(quant_b))
+        else:
+            raise ImageConversionError(f"compressedDepth encoding '{encoding}' is not REP 118 "
+                                       '(32FC1 or 16UC1)')
+        return depth
+
     def __getitem__(self, index) -> np.ndarray:
-        metres = np.array(self._raw[index], dtype=np.float32)  # a copy, whatever the index
-        if self._scale is not None:
-            metres *= self._scale
+        raw = self._raw[index]
+        if self._inverse is not None:
+            quant_a, quant_b = self._inverse
+            with np.errstate(divide='ignore'):
+                metres = np.array(quant_a / (np.asarray(raw, np.float32) - quant_b), np.float32)
+            metres[np.asarray(raw) == 0] = np.nan
+        else:
+            metres = np.array(raw, dtype=np.float32)  # a copy, whatever the index
+            if self._scale is not None:
+                metres *= self._scale
         metres[~np.isfinite(metres) | (metres <= 0.0)] = np.nan
         return metres
 

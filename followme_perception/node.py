@@ -38,6 +38,8 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 # image_transport's names: the camera frames as Image on `image`, or as CompressedImage on
 # `<image>/compressed` (what most camera bags hold).
 TRANSPORTS = {'raw': (Image, ''), 'compressed': (CompressedImage, '/compressed')}
+# The same for depth: compressed_depth_image_transport's PNG on `<depth>/compressedDepth`.
+DEPTH_TRANSPORTS = {'raw': (Image, ''), 'compressedDepth': (CompressedImage, '/compressedDepth')}
 THROTTLE_S = 5.0
 STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
 # The worker thread's own CPU time per stage, beside the wall time: on a machine shared with
@@ -71,6 +73,10 @@ PARAMETERS = {
     'image_transport': ('raw', _text(
         "how camera frames arrive: 'raw' (sensor_msgs/Image on image) or 'compressed' "
         '(sensor_msgs/CompressedImage, JPEG or PNG, on image/compressed, as image_transport '
+        'names it)')),
+    'depth_transport': ('raw', _text(
+        "how depth arrives: 'raw' (sensor_msgs/Image on depth) or 'compressedDepth' "
+        '(sensor_msgs/CompressedImage, PNG, on depth/compressedDepth, as image_transport '
         'names it)')),
     'qos_reliability': ('best_effort', _text(
         "camera subscriptions' reliability: best_effort or reliable")),
@@ -164,7 +170,9 @@ class PerceptionNode(Node):
         image_type, suffix = TRANSPORTS[self.get_parameter('image_transport').value]
         self.create_subscription(image_type, self.resolve_topic_name('image') + suffix,
                                  self._on_image, qos)
-        self.create_subscription(Image, 'depth', self._on_depth, qos)
+        depth_type, suffix = DEPTH_TRANSPORTS[self.get_parameter('depth_transport').value]
+        self.create_subscription(depth_type, self.resolve_topic_name('depth') + suffix,
+                                 self._on_depth, qos)
         self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
         self.create_timer(self.get_parameter('diagnostics_period').value,
                           self._publish_diagnostics)
@@ -182,6 +190,11 @@ class PerceptionNode(Node):
                 return SetParametersResult(
                     successful=False,
                     reason=f"image_transport must be one of {', '.join(TRANSPORTS)}, not "
+                           f"'{param.value}'")
+            if param.name == 'depth_transport' and param.value not in DEPTH_TRANSPORTS:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"depth_transport must be one of {', '.join(DEPTH_TRANSPORTS)}, not "
                            f"'{param.value}'")
             if param.name == 'qos_reliability' and param.value not in RELIABILITY:
                 return SetParametersResult(
@@ -303,16 +316,18 @@ class PerceptionNode(Node):
                 self._bad_input('depth_stale', f'newest depth is {gap:.3f} s away from the '
                                 f'image (depth_sync_tolerance {tolerance} s); not used')
                 return None
-        if (depth_msg.height, depth_msg.width) != size:
-            self._bad_input('depth_size_mismatch',
-                            f'depth is {depth_msg.width}x{depth_msg.height} but the image is '
-                            f'{size[1]}x{size[0]}; publish depth registered to the colour '
-                            'image at its resolution. Depth not used')
-            return None
         try:
-            depth = DepthMetres(depth_msg)  # converted where the hero's blob reads it
+            # Converted to metres only where the hero's blob reads it.
+            depth = (DepthMetres.from_compressed(depth_msg)
+                     if isinstance(depth_msg, CompressedImage) else DepthMetres(depth_msg))
         except ImageConversionError as error:
             self._bad_input('depth_bad_image', f'depth dropped: {error}')
+            return None
+        if depth.shape != size:
+            self._bad_input('depth_size_mismatch',
+                            f'depth is {depth.shape[1]}x{depth.shape[0]} but the image is '
+                            f'{size[1]}x{size[0]}; publish depth registered to the colour '
+                            'image at its resolution. Depth not used')
             return None
         return depth
 

@@ -9,6 +9,7 @@ from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, Dept
                                         image_to_array, image_to_rgb, ImageConversionError)
 import numpy as np
 import pytest
+from transport_helpers import compressed_depth_data
 
 RGB = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
 
@@ -263,3 +264,45 @@ def test_compressed_frames_land_in_the_buffer_allocate_gives():
     rgb = compressed_to_rgb(compressed(png, 'png'), lambda h, w: buffer)
     assert np.shares_memory(rgb, buffer)
     np.testing.assert_array_equal(buffer, SCENE)
+
+
+def compressed_depth(metres, encoding, codec='png'):
+    """Build a CompressedImage-like depth image, as compressed_depth_image_transport sends it."""
+    fmt, data = compressed_depth_data(metres, encoding, codec)
+    return compressed(data, fmt)
+
+
+DEPTH = np.array([[4.0, 6.0, np.nan], [0.0, 2.5, 9.0]], np.float32)
+
+
+def test_compressed_depth_16uc1_reads_the_millimetres():
+    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '16UC1'))
+    assert depth.shape == (2, 3)
+    millimetres = np.array([[4000, 6000, 0], [0, 2500, 9000]], np.uint16)
+    # Exactly what the same millimetres read raw give (NaN for the 0s).
+    np.testing.assert_array_equal(depth[...], depth_to_metres(raw(millimetres, '16UC1')))
+    np.testing.assert_allclose(depth[...], [[4.0, 6.0, np.nan], [np.nan, 2.5, 9.0]], rtol=1e-6)
+
+
+def test_compressed_depth_32fc1_undoes_the_inverse_depth_quantization():
+    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '32FC1'))
+    metres = depth[...]
+    assert np.isnan(metres[0, 2]) and np.isnan(metres[1, 0])     # NaN and 0: no reading
+    # One inverse-depth step is z^2 / A: 1.6 mm at 4 m with the publisher's defaults.
+    np.testing.assert_allclose(metres[[0, 0, 1, 1], [0, 1, 1, 2]], [4.0, 6.0, 2.5, 9.0],
+                               atol=0.01)
+    np.testing.assert_array_equal(depth[np.array([0, 1]), np.array([0, 1])],
+                                  metres[[0, 1], [0, 1]])
+
+
+@pytest.mark.parametrize('msg,words', [
+    (compressed(b'', 'rgb8; jpeg compressed bgr8'), 'not a compressedDepth'),
+    (compressed_depth(DEPTH, '16UC1', codec='rvl'), 'only the png codec'),
+    (compressed(b'\0' * 12, '16UC1; compressedDepth png'), 'no PNG after'),
+    (compressed(b'\0' * 12 + cv2.imencode('.png', np.zeros((2, 2), np.uint8))[1].tobytes(),
+                '16UC1; compressedDepth png'), 'not a 16-bit'),
+    (compressed(compressed_depth(DEPTH, '16UC1').data, 'mono8; compressedDepth'), 'not REP 118'),
+])
+def test_unreadable_compressed_depth_raises_a_clear_error(msg, words):
+    with pytest.raises(ImageConversionError, match=words):
+        DepthMetres.from_compressed(msg)

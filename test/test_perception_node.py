@@ -30,6 +30,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
+from transport_helpers import compressed_depth_data
 from visualization_msgs.msg import Marker
 import yaml
 
@@ -502,6 +503,39 @@ def test_compressed_camera_frames_with_image_transport_compressed(executor, mode
     assert node.error_counts() == {'bad_compressed_image': 3}
 
 
+@pytest.mark.parametrize('encoding,tolerance', [('16UC1', 0.0), ('32FC1', 0.01)])
+def test_hero_pose_from_compressed_depth(executor, model_file, encoding, tolerance):
+    namespace = f'/test_{uuid.uuid4().hex[:8]}'
+    node = PerceptionNode(namespace=namespace, parameter_overrides=[
+        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0),
+        Parameter('depth_transport', value='compressedDepth')])
+    executor.add_node(node)
+    probe = Probe(executor, namespace)
+    pub = probe.node.create_publisher(CompressedImage, 'depth/compressedDepth',
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert spin_until(executor, lambda: pub.get_subscription_count() > 0
+                      and probe.pub_image.get_subscription_count() > 0
+                      and node._pub_detection.get_subscription_count() > 0)
+    rgb, truth = scene()
+    metres = np.where(truth == 2, 4.0, np.where(truth == 1, 6.0, 9.0)).astype(np.float32)
+    metres[100:104, 150:170] = np.nan                     # holes in the hero are skipped
+    fmt, data = compressed_depth_data(metres, encoding)
+    depth = CompressedImage(format=fmt)
+    depth.data.frombytes(data)
+    sec = next(_stamps)
+    depth.header.stamp.sec, depth.header.stamp.nanosec = sec, 500
+    pub.publish(depth)
+    assert spin_until(executor, lambda: node.frame_counts()['depth_images'] == 1)
+    image = image_msg(rgb)
+    image.header.stamp.sec, image.header.stamp.nanosec = sec, 500
+    image.header.frame_id = 'camera_optical'
+    probe.pub_image.publish(image)
+    detection = probe.detection_for(sec)
+    assert detection.range_source == RangeSource.DEPTH
+    assert probe.latest('hero_pose', sec).pose.position.z == pytest.approx(4.0, abs=tolerance)
+    assert node.error_counts() == {}
+
+
 def test_compressed_overlay_follows_a_remap_of_the_overlay(executor, model_file):
     namespace = f'/test_{uuid.uuid4().hex[:8]}'
     node = PerceptionNode(
@@ -545,6 +579,7 @@ def test_startup_fails_clearly_on_missing_corrupt_or_misfit_model(executor, tmp_
 def test_bad_parameters_are_refused_with_a_reason(executor, model_file):
     for name, value, words in (('qos_reliability', 'sometimes', 'best_effort'),
                                ('image_transport', 'theora', 'compressed'),
+                               ('depth_transport', 'zstd', 'compressedDepth'),
                                ('providers', ['WarpDriveExecutionProvider'], 'unknown'),
                                ('person_height_m', 12.0, 'person_height_m')):
         with pytest.raises(InvalidParameterValueException, match=words):
