@@ -450,20 +450,28 @@ def test_compressed_overlay_for_remote_rviz_alone_or_beside_the_raw_one(rig, mod
     assert node.error_counts() == {}
 
 
-def test_compressed_camera_frames_with_image_transport_compressed(executor, model_file):
+def compressed_rig(executor, model_file, topic, cli_args=(), **params):
+    """Start a perception node with compressed input; return it, a probe and a publisher."""
     namespace = f'/test_{uuid.uuid4().hex[:8]}'
-    node = PerceptionNode(namespace=namespace, cli_args=['--ros-args', '-r', 'image:=camera'],
-                          parameter_overrides=[Parameter('model_path', value=str(model_file)),
-                                               Parameter('warmup_runs', value=0),
-                                               Parameter('image_transport', value='compressed')])
+    node = PerceptionNode(
+        namespace=namespace, cli_args=['--ros-args', *cli_args],
+        parameter_overrides=[Parameter('model_path', value=str(model_file)),
+                             Parameter('warmup_runs', value=0)]
+        + [Parameter(name, value=value) for name, value in params.items()])
     executor.add_node(node)
     probe = Probe(executor, namespace)
-    # Where image_transport puts it: under the (remapped) image topic.
-    pub = probe.node.create_publisher(CompressedImage, 'camera/compressed',
+    pub = probe.node.create_publisher(CompressedImage, topic,
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     assert spin_until(executor, lambda: pub.get_subscription_count() > 0
                       and node._pub_mask.get_subscription_count() > 0
                       and node._pub_detection.get_subscription_count() > 0)
+    return node, probe, pub
+
+
+def test_compressed_camera_frames_with_image_transport_compressed(executor, model_file):
+    # Where image_transport puts it: under the (remapped) image topic.
+    node, probe, pub = compressed_rig(executor, model_file, 'camera/compressed',
+                                      ('-r', 'image:=camera'), image_transport='compressed')
 
     def send(data, fmt):
         msg = CompressedImage(format=fmt)
@@ -505,17 +513,9 @@ def test_compressed_camera_frames_with_image_transport_compressed(executor, mode
 
 @pytest.mark.parametrize('encoding,tolerance', [('16UC1', 0.0), ('32FC1', 0.01)])
 def test_hero_pose_from_compressed_depth(executor, model_file, encoding, tolerance):
-    namespace = f'/test_{uuid.uuid4().hex[:8]}'
-    node = PerceptionNode(namespace=namespace, parameter_overrides=[
-        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0),
-        Parameter('depth_transport', value='compressedDepth')])
-    executor.add_node(node)
-    probe = Probe(executor, namespace)
-    pub = probe.node.create_publisher(CompressedImage, 'depth/compressedDepth',
-                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    assert spin_until(executor, lambda: pub.get_subscription_count() > 0
-                      and probe.pub_image.get_subscription_count() > 0
-                      and node._pub_detection.get_subscription_count() > 0)
+    node, probe, pub = compressed_rig(executor, model_file, 'depth/compressedDepth',
+                                      depth_transport='compressedDepth')
+    assert spin_until(executor, lambda: probe.pub_image.get_subscription_count() > 0)
     rgb, truth = scene()
     metres = np.where(truth == 2, 4.0, np.where(truth == 1, 6.0, 9.0)).astype(np.float32)
     metres[100:104, 150:170] = np.nan                     # holes in the hero are skipped
