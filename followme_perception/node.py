@@ -40,6 +40,9 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 TRANSPORTS = {'raw': (Image, ''), 'compressed': (CompressedImage, '/compressed')}
 # The same for depth: compressed_depth_image_transport's PNG on `<depth>/compressedDepth`.
 DEPTH_TRANSPORTS = {'raw': (Image, ''), 'compressedDepth': (CompressedImage, '/compressedDepth')}
+# The string parameters with a fixed set of values.
+CHOICES = {'qos_reliability': RELIABILITY, 'image_transport': TRANSPORTS,
+           'depth_transport': DEPTH_TRANSPORTS}
 THROTTLE_S = 5.0
 STAGES = ('convert', 'preprocess', 'infer', 'postprocess', 'publish')
 # The worker thread's own CPU time per stage, beside the wall time: on a machine shared with
@@ -186,20 +189,11 @@ class PerceptionNode(Node):
 
     def _check_parameters(self, params):
         for param in params:
-            if param.name == 'image_transport' and param.value not in TRANSPORTS:
+            choices = CHOICES.get(param.name)
+            if choices is not None and param.value not in choices:
                 return SetParametersResult(
                     successful=False,
-                    reason=f"image_transport must be one of {', '.join(TRANSPORTS)}, not "
-                           f"'{param.value}'")
-            if param.name == 'depth_transport' and param.value not in DEPTH_TRANSPORTS:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"depth_transport must be one of {', '.join(DEPTH_TRANSPORTS)}, not "
-                           f"'{param.value}'")
-            if param.name == 'qos_reliability' and param.value not in RELIABILITY:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"qos_reliability must be one of {', '.join(RELIABILITY)}, not "
+                    reason=f"{param.name} must be one of {', '.join(choices)}, not "
                            f"'{param.value}'")
             if param.name == 'providers':
                 unknown = [p for p in param.value if p not in ort.get_all_providers()]
@@ -385,9 +379,7 @@ class PerceptionNode(Node):
 
     def _mask_message(self, size):
         """Return the node's one mask Image, sized; publishing copies it, so it is reused."""
-        height, width = size
-        if self._mask is None or (self._mask.height, self._mask.width) != (height, width):
-            self._mask = fill_image(Image(), np.zeros(size, np.uint8), 'mono8')
+        self._mask = _sized(self._mask, size, 'mono8')
         return self._mask
 
     def _overlay_due(self):
@@ -529,9 +521,15 @@ class FrameConverter:
         return rgb, self.message
 
     def _pixels(self, height, width):
-        if self.message is None or (self.message.height, self.message.width) != (height, width):
-            self.message = fill_image(Image(), np.zeros((height, width, 3), np.uint8), 'rgb8')
+        self.message = _sized(self.message, (height, width, 3), 'rgb8')
         return image_to_array(self.message)
+
+
+def _sized(image, shape, encoding):
+    """Return `image` if it has this shape, else a new zeroed Image of it (reused buffers)."""
+    if image is not None and (image.height, image.width) == shape[:2]:
+        return image
+    return fill_image(Image(), np.zeros(shape, np.uint8), encoding)
 
 
 def _tinted(frame, rgb, class_ids, alpha, header):
