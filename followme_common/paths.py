@@ -36,3 +36,9 @@ def default_model_file() -> Path:
     """Return the shipped int8 model: faster on a CPU than the float one, same score."""
     return Path(os.environ.get('FOLLOWME_MODEL',
                                share_dir() / 'models' / 'followme_fcn_int8.onnx'))
+
+
+def default_tensorrt_cache_dir() -> Path:
+    """Return where TensorRT engines are kept by default: under ROS's home, as its logs are."""
+    ros_home = os.environ.get('ROS_HOME') or Path.home() / '.ros'
+    return Path(ros_home) / 'followme' / 'tensorrt'

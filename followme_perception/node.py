@@ -22,7 +22,8 @@ from followme_common.rate_limit import RateLimiter
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, JPEG_FORMAT, tint
-from followme_perception.segmenter import DEFAULT_PROVIDERS, HERO, ModelError, Segmenter
+from followme_perception.segmenter import (DEFAULT_PROVIDERS, GpuSettings, HERO, ModelError,
+                                           Segmenter)
 from geometry_msgs.msg import Point, PoseStamped
 import numpy as np
 import onnxruntime as ort
@@ -69,6 +70,17 @@ PARAMETERS = {
                                  0, 256, read_only=True)),
     'inter_op_threads': (0, _int('ONNX Runtime threads across operators (0: its default)',
                                  0, 256, read_only=True)),
+    'gpu_device_id': (0, _int('CUDA device the CUDA and TensorRT providers run on', 0, 64,
+                              read_only=True)),
+    'tensorrt_engine_cache': (True, _text(
+        'keep the engines TensorRT builds on disk, so that only the first start with a model '
+        'builds them (tens of seconds or more before the first frame)')),
+    'tensorrt_cache_dir': ('', _text(
+        "where TensorRT's engines are kept, one folder per model file content and precision; "
+        'empty means $ROS_HOME/followme/tensorrt (~/.ros/followme/tensorrt)')),
+    'tensorrt_fp16': (False, _text(
+        'let TensorRT run layers in half precision: about twice as fast on tensor cores, at a '
+        'precision not measured by this project')),
     'warmup_runs': (3, _int('inferences on a blank frame at start-up', 0, 100, read_only=True)),
     'flip_average': (False, _text(
         'average the network output on each frame and on its mirror image (test-time flip): '
@@ -132,7 +144,7 @@ class PerceptionNode(Node):
             self.get_parameter('intra_op_threads').value,
             self.get_parameter('inter_op_threads').value,
             self.get_parameter('warmup_runs').value,
-            self.get_parameter('flip_average').value)
+            self.get_parameter('flip_average').value, self._gpu_settings())
         info = self.segmenter.info
         self.get_logger().info(
             f'model {info.path} (input {info.height}x{info.width}, classes '
@@ -142,6 +154,11 @@ class PerceptionNode(Node):
                 f'ONNX Runtime fell back to {self.segmenter.providers[0]} although '
                 f'{self.segmenter.preferred_provider} was asked for and this build has it '
                 '(no GPU, driver or library? ONNX Runtime logged why above)')
+        if self.segmenter.providers[0] == 'TensorrtExecutionProvider':
+            self.get_logger().info(
+                f'TensorRT engines cached in {self.segmenter.tensorrt_cache}'
+                if self.segmenter.tensorrt_cache else
+                'TensorRT engine cache off: every start builds the engines anew')
 
         self._frame = None          # newest unprocessed (Image, arrival monotonic time)
         self._depth = None          # newest depth Image
@@ -186,6 +203,14 @@ class PerceptionNode(Node):
         self._worker.start()
 
     # Parameters -------------------------------------------------------------------------
+
+    def _gpu_settings(self):
+        cache_dir = ''
+        if self.get_parameter('tensorrt_engine_cache').value:
+            cache_dir = (self.get_parameter('tensorrt_cache_dir').value
+                         or str(paths.default_tensorrt_cache_dir()))
+        return GpuSettings(self.get_parameter('gpu_device_id').value, cache_dir,
+                           self.get_parameter('tensorrt_fp16').value)
 
     def _check_parameters(self, params):
         for param in params:

@@ -10,7 +10,8 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
 from followme_perception.hero import HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
-                                           ModelError, Segmentation, Segmenter)
+                                           GpuSettings, ModelError, Segmentation, Segmenter,
+                                           tensorrt_cache_folder)
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -190,6 +191,53 @@ def test_the_gpu_build_tells_whether_it_really_got_the_gpu(model):
         # The GPU build without CUDA: it lists the GPU providers, then quietly runs on the CPU.
         assert segmenter.providers == ('CPUExecutionProvider',)
         assert segmenter.fell_back()
+
+
+TENSORRT = 'TensorrtExecutionProvider'
+
+
+def test_gpu_settings_reach_the_cuda_and_tensorrt_providers(tmp_path):
+    gpu = GpuSettings(device_id=1, tensorrt_cache_dir=str(tmp_path), tensorrt_fp16=True)
+    assert _provider_options('CUDAExecutionProvider', 0, gpu) == {'device_id': '1'}
+    # Without a cache folder TensorRT builds its engines at every start.
+    assert _provider_options(TENSORRT, 0, gpu) == {'device_id': '1', 'trt_fp16_enable': 'True'}
+    cached = _provider_options(TENSORRT, 0, gpu, tmp_path / 'engines')
+    assert cached['trt_engine_cache_enable'] == cached['trt_timing_cache_enable'] == 'True'
+    assert cached['trt_engine_cache_path'] == cached['trt_timing_cache_path'] == str(
+        tmp_path / 'engines')
+    assert _provider_options(TENSORRT, 0)['trt_fp16_enable'] == 'False'   # the default
+
+
+def test_tensorrt_engines_are_kept_per_model_content_and_precision(tmp_path):
+    first, same, retrained = tmp_path / 'a.onnx', tmp_path / 'b.onnx', tmp_path / 'c.onnx'
+    first.write_bytes(b'weights 1')
+    same.write_bytes(b'weights 1')
+    retrained.write_bytes(b'weights 2')
+    cache = tmp_path / 'cache'
+    folder = tensorrt_cache_folder(cache, first, fp16=False)
+    assert folder.parent == cache and folder.name.endswith('-fp32')
+    assert tensorrt_cache_folder(cache, same, fp16=False) == folder      # moved or copied
+    # ONNX Runtime would give a retrained model of the same graph and name the old engine.
+    assert tensorrt_cache_folder(cache, retrained, fp16=False) != folder
+    assert tensorrt_cache_folder(cache, first, fp16=True) != folder
+
+
+@needs_gpu_build
+def test_the_gpu_build_takes_the_tensorrt_cache_and_refuses_an_unusable_one(model, tmp_path):
+    gpu = GpuSettings(tensorrt_cache_dir=str(tmp_path / 'trt'))
+    segmenter = Segmenter(model, warmup_runs=1, gpu=gpu)
+    assert segmenter.tensorrt_cache == tensorrt_cache_folder(tmp_path / 'trt', model, False)
+    assert segmenter.tensorrt_cache.is_dir()
+    if HAS_GPU and segmenter.providers[0] == TENSORRT:
+        assert list(segmenter.tensorrt_cache.glob('*.engine'))
+    not_a_folder = tmp_path / 'file'
+    not_a_folder.write_text('')
+    with pytest.raises(ModelError, match='tensorrt_cache_dir'):
+        Segmenter(model, warmup_runs=0, gpu=GpuSettings(tensorrt_cache_dir=str(not_a_folder)))
+    # No TensorRT asked for: no cache folder made.
+    on_cuda = Segmenter(model, providers=['CUDAExecutionProvider', 'CPUExecutionProvider'],
+                        warmup_runs=0, gpu=GpuSettings(tensorrt_cache_dir=str(tmp_path / 'no')))
+    assert on_cuda.tensorrt_cache is None and not (tmp_path / 'no').exists()
 
 
 OPENVINO = 'OpenVINOExecutionProvider'

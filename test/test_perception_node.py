@@ -18,7 +18,7 @@ from followme_common.image_msgs import fill_image, image_to_array, image_to_rgb
 from followme_perception.detection import HeroDetection, RangeSource
 from followme_perception.node import _tinted, FrameConverter, PARAMETERS, PerceptionNode
 from followme_perception.overlay import JPEG_FORMAT, tint
-from followme_perception.segmenter import DEFAULT_PROVIDERS, ModelError
+from followme_perception.segmenter import DEFAULT_PROVIDERS, GpuSettings, ModelError
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 import onnxruntime as ort
@@ -609,6 +609,30 @@ def test_the_gpu_build_without_a_gpu_warns_that_it_fell_back(rig):
     values = _values(probe.diagnostics[-1])
     assert values['providers_active'] == 'CPUExecutionProvider'
     assert values['providers_requested'].startswith('TensorrtExecutionProvider')
+
+
+def test_tensorrt_settings_reach_the_session(executor, model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv('ROS_HOME', str(tmp_path / 'ros_home'))
+    default = PerceptionNode(namespace='/trt_default', parameter_overrides=[
+        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0)])
+    executor.add_node(default)
+    assert default._gpu_settings() == GpuSettings(
+        0, str(tmp_path / 'ros_home' / 'followme' / 'tensorrt'), False)
+    chosen = PerceptionNode(namespace='/trt_chosen', parameter_overrides=[
+        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0),
+        Parameter('tensorrt_cache_dir', value=str(tmp_path / 'engines')),
+        Parameter('tensorrt_fp16', value=True), Parameter('gpu_device_id', value=1)])
+    executor.add_node(chosen)
+    assert chosen._gpu_settings() == GpuSettings(1, str(tmp_path / 'engines'), True)
+    if 'TensorrtExecutionProvider' in ort.get_available_providers():    # `make gpu`
+        assert chosen.segmenter.tensorrt_cache.parent == tmp_path / 'engines'
+    else:
+        assert chosen.segmenter.tensorrt_cache is None
+    off = PerceptionNode(namespace='/trt_off', parameter_overrides=[
+        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0),
+        Parameter('tensorrt_engine_cache', value=False)])
+    executor.add_node(off)
+    assert off._gpu_settings().tensorrt_cache_dir == ''
 
 
 def test_the_config_file_section_matches_the_declared_parameters(executor, model_file):
