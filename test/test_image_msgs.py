@@ -1,15 +1,16 @@
 """followme_common.image_msgs: Image fields <-> numpy, on real messages and plain objects."""
 
 import array
+import struct
 from types import SimpleNamespace
 
 import cv2
-from followme_common.image_msgs import (compressed_to_rgb, depth_to_metres, DepthMetres,
-                                        fill_image,
-                                        image_to_array, image_to_rgb, ImageConversionError)
+from followme_common.image_msgs import (compressed_to_rgb, decode_rvl, depth_to_metres,
+                                        DepthMetres, fill_image, image_to_array, image_to_rgb,
+                                        ImageConversionError)
 import numpy as np
 import pytest
-from transport_helpers import compressed_depth_data
+from transport_helpers import compressed_depth_data, encode_rvl
 
 RGB = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
 
@@ -273,10 +274,12 @@ def compressed_depth(metres, encoding, codec='png'):
 
 
 DEPTH = np.array([[4.0, 6.0, np.nan], [0.0, 2.5, 9.0]], np.float32)
+RVL_DEPTH = compressed_depth_data(DEPTH, '16UC1', 'rvl')[1]   # header, width, height, RVL
 
 
-def test_compressed_depth_16uc1_reads_the_millimetres():
-    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '16UC1'))
+@pytest.mark.parametrize('codec', ['png', 'rvl'])
+def test_compressed_depth_16uc1_reads_the_millimetres(codec):
+    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '16UC1', codec))
     assert depth.shape == (2, 3)
     millimetres = np.array([[4000, 6000, 0], [0, 2500, 9000]], np.uint16)
     # Exactly what the same millimetres read raw give (NaN for the 0s).
@@ -284,8 +287,9 @@ def test_compressed_depth_16uc1_reads_the_millimetres():
     np.testing.assert_allclose(depth[...], [[4.0, 6.0, np.nan], [np.nan, 2.5, 9.0]], rtol=1e-6)
 
 
-def test_compressed_depth_32fc1_undoes_the_inverse_depth_quantization():
-    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '32FC1'))
+@pytest.mark.parametrize('codec', ['png', 'rvl'])
+def test_compressed_depth_32fc1_undoes_the_inverse_depth_quantization(codec):
+    depth = DepthMetres.from_compressed(compressed_depth(DEPTH, '32FC1', codec))
     metres = depth[...]
     assert np.isnan(metres[0, 2]) and np.isnan(metres[1, 0])     # NaN and 0: no reading
     # One inverse-depth step is z^2 / A: 1.6 mm at 4 m with the publisher's defaults.
@@ -297,8 +301,20 @@ def test_compressed_depth_32fc1_undoes_the_inverse_depth_quantization():
 
 @pytest.mark.parametrize('msg,words', [
     (compressed(b'', 'rgb8; jpeg compressed bgr8'), 'not a compressedDepth'),
-    (compressed_depth(DEPTH, '16UC1', codec='rvl'), 'only the png codec'),
-    (compressed(b'\0' * 12, '16UC1; compressedDepth png'), 'no PNG after'),
+    (compressed(compressed_depth(DEPTH, '16UC1').data, '16UC1; compressedDepth jxl'),
+     "unknown compressedDepth codec 'jxl'"),
+    (compressed(b'\0' * 12, '16UC1; compressedDepth png'), 'nothing after'),
+    (compressed(b'\0' * 16, '16UC1; compressedDepth rvl'), 'no width and height'),
+    (compressed(b'\0' * 12 + struct.pack('<II', 0, 5), '16UC1; compressedDepth rvl'),
+     '0x5 pixels: corrupt'),
+    (compressed(RVL_DEPTH[:-4], '16UC1; compressedDepth rvl'), 'truncated'),
+    # The header says 3x3, the runs hold the 2x3 image.
+    (compressed(RVL_DEPTH[:12] + struct.pack('<II', 3, 3) + RVL_DEPTH[20:],
+                '16UC1; compressedDepth rvl'), 'ends after 6 of 9 pixels'),
+    (compressed(b'\0' * 12 + struct.pack('<II', 3, 2) + b'\0' * 400,
+                '16UC1; compressedDepth rvl'), 'run of no pixels after 0 of 6'),
+    (compressed(b'\0' * 12 + struct.pack('<II', 3, 2) + b'\xff' * 8 + b'\0' * 4,
+                '16UC1; compressedDepth rvl'), 'more than 30 bits'),
     (compressed(b'\0' * 12 + cv2.imencode('.png', np.zeros((2, 2), np.uint8))[1].tobytes(),
                 '16UC1; compressedDepth png'), 'not a 16-bit'),
     (compressed(compressed_depth(DEPTH, '16UC1').data, 'mono8; compressedDepth'), 'not REP 118'),
@@ -306,3 +322,26 @@ def test_compressed_depth_32fc1_undoes_the_inverse_depth_quantization():
 def test_unreadable_compressed_depth_raises_a_clear_error(msg, words):
     with pytest.raises(ImageConversionError, match=words):
         DepthMetres.from_compressed(msg)
+
+
+def test_rvl_reads_a_hand_coded_word():
+    # Pixels 0, 0, 5, 7: 2 zeros, 2 non-zeros, differences 5 and 2, zigzag-coded 10 and 4.
+    # Groups 2, 2, 0xA (low 3 bits of 10, more to come), 1, 4, left-aligned in one word.
+    word = struct.pack('<I', 0x22A14000)
+    assert encode_rvl([0, 0, 5, 7]) == word
+    np.testing.assert_array_equal(decode_rvl(np.frombuffer(word, np.uint8), 4), [0, 0, 5, 7])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_rvl_decodes_what_the_reference_encoder_codes(seed):
+    rng = np.random.default_rng(seed)
+    # Runs of holes, steps of every size (wrapping from 65535 to 1 and back), long flat runs.
+    values = rng.integers(0, 65536, 3000).astype(np.uint16)
+    values[rng.random(values.size) < [0.0, 0.05, 0.5, 0.95][seed]] = 0
+    values[1000:1600] = 0
+    values[2000:2500] = 1234
+    values[[10, 11]] = [65535, 1]
+    coded = np.frombuffer(encode_rvl(values), np.uint8)
+    np.testing.assert_array_equal(decode_rvl(coded, values.size), values)
+    np.testing.assert_array_equal(decode_rvl(np.frombuffer(encode_rvl(np.zeros(50, np.uint16)),
+                                                           np.uint8), 50), np.zeros(50))

@@ -511,15 +511,16 @@ def test_compressed_camera_frames_with_image_transport_compressed(executor, mode
     assert node.error_counts() == {'bad_compressed_image': 3}
 
 
+@pytest.mark.parametrize('codec', ['png', 'rvl'])
 @pytest.mark.parametrize('encoding,tolerance', [('16UC1', 0.0), ('32FC1', 0.01)])
-def test_hero_pose_from_compressed_depth(executor, model_file, encoding, tolerance):
+def test_hero_pose_from_compressed_depth(executor, model_file, encoding, tolerance, codec):
     node, probe, pub = compressed_rig(executor, model_file, 'depth/compressedDepth',
                                       depth_transport='compressedDepth')
     assert spin_until(executor, lambda: probe.pub_image.get_subscription_count() > 0)
     rgb, truth = scene()
     metres = np.where(truth == 2, 4.0, np.where(truth == 1, 6.0, 9.0)).astype(np.float32)
     metres[100:104, 150:170] = np.nan                     # holes in the hero are skipped
-    fmt, data = compressed_depth_data(metres, encoding)
+    fmt, data = compressed_depth_data(metres, encoding, codec)
     depth = CompressedImage(format=fmt)
     depth.data.frombytes(data)
     sec = next(_stamps)
