@@ -511,6 +511,22 @@ def test_compressed_camera_frames_with_image_transport_compressed(executor, mode
     assert node.error_counts() == {'bad_compressed_image': 3}
 
 
+def _send_compressed_depth_then_frame(executor, node, probe, pub, fmt, data, rgb):
+    """Publish a compressedDepth image and a frame with its stamp; return the detection."""
+    depth = CompressedImage(format=fmt)
+    depth.data.frombytes(data)
+    sec = next(_stamps)
+    depth.header.stamp.sec, depth.header.stamp.nanosec = sec, 500
+    depth_count = node.frame_counts()['depth_images']
+    pub.publish(depth)
+    assert spin_until(executor, lambda: node.frame_counts()['depth_images'] == depth_count + 1)
+    image = image_msg(rgb)
+    image.header.stamp.sec, image.header.stamp.nanosec = sec, 500
+    image.header.frame_id = 'camera_optical'
+    probe.pub_image.publish(image)
+    return sec, probe.detection_for(sec)
+
+
 @pytest.mark.parametrize('codec', ['png', 'rvl'])
 @pytest.mark.parametrize('encoding,tolerance', [('16UC1', 0.0), ('32FC1', 0.01)])
 def test_hero_pose_from_compressed_depth(executor, model_file, encoding, tolerance, codec):
@@ -521,20 +537,32 @@ def test_hero_pose_from_compressed_depth(executor, model_file, encoding, toleran
     metres = np.where(truth == 2, 4.0, np.where(truth == 1, 6.0, 9.0)).astype(np.float32)
     metres[100:104, 150:170] = np.nan                     # holes in the hero are skipped
     fmt, data = compressed_depth_data(metres, encoding, codec)
-    depth = CompressedImage(format=fmt)
-    depth.data.frombytes(data)
-    sec = next(_stamps)
-    depth.header.stamp.sec, depth.header.stamp.nanosec = sec, 500
-    pub.publish(depth)
-    assert spin_until(executor, lambda: node.frame_counts()['depth_images'] == 1)
-    image = image_msg(rgb)
-    image.header.stamp.sec, image.header.stamp.nanosec = sec, 500
-    image.header.frame_id = 'camera_optical'
-    probe.pub_image.publish(image)
-    detection = probe.detection_for(sec)
+    sec, detection = _send_compressed_depth_then_frame(executor, node, probe, pub, fmt, data,
+                                                       rgb)
     assert detection.range_source == RangeSource.DEPTH
     assert probe.latest('hero_pose', sec).pose.position.z == pytest.approx(4.0, abs=tolerance)
     assert node.error_counts() == {}
+
+
+def test_corrupt_compressed_depth_is_counted_and_the_next_good_one_used(executor, model_file):
+    node, probe, pub = compressed_rig(executor, model_file, 'depth/compressedDepth',
+                                      depth_transport='compressedDepth')
+    assert spin_until(executor, lambda: probe.pub_image.get_subscription_count() > 0)
+    rgb, truth = scene()
+    metres = np.where(truth == 2, 4.0, 9.0).astype(np.float32)
+    fmt, data = compressed_depth_data(metres, '16UC1', 'rvl')
+    corrupt = [(fmt, data[:len(data) // 2]),                       # cut off in transit
+               (fmt, data[:12] + b'\xff' * 8 + data[20:]),         # a size beyond any frame
+               (fmt.replace('rvl', 'jxl'), data)]                  # a codec nobody reads
+    for count, (bad_format, bad_data) in enumerate(corrupt, start=1):
+        _, detection = _send_compressed_depth_then_frame(executor, node, probe, pub, bad_format,
+                                                         bad_data, rgb)
+        # No depth: the range comes from the blob's size instead (no CameraInfo: bearing).
+        assert detection.present and detection.range_source != RangeSource.DEPTH
+        assert node.error_counts() == {'depth_bad_image': count}
+    _, detection = _send_compressed_depth_then_frame(executor, node, probe, pub, fmt, data, rgb)
+    assert detection.range_source == RangeSource.DEPTH
+    assert detection.range_m == pytest.approx(4.0, rel=0.05)
 
 
 def test_compressed_overlay_follows_a_remap_of_the_overlay(executor, model_file):
