@@ -59,6 +59,9 @@ def parse_args(argv=None):
                              'medians of its last 100 frames)')
     parser.add_argument('--seconds', type=float, default=15.0, help='length of the 30 Hz run')
     parser.add_argument('--rate', type=float, default=30.0, help='input rate of that run (Hz)')
+    parser.add_argument('--size', default='640x480', type=_size, metavar='WxH',
+                        help='camera size of the throughput and overlay cost runs (default '
+                             '640x480); another size also gets its own stage run')
     parser.add_argument('--providers', default=None, metavar='P1,P2,...',
                         help="the node's providers parameter, comma-separated (default: the "
                              "node's own default list); the node's model is timed against "
@@ -114,6 +117,16 @@ def export_random_weights_model(folder, architecture=None):
     path = Path(folder) / 'classic_random.onnx'
     path.write_bytes(proto.SerializeToString())
     return model, path
+
+
+def _size(text):
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not WIDTHxHEIGHT, e.g. 1280x720') from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: width and height must be positive')
+    return height, width
 
 
 def frames(height, width, count, seed=0):
@@ -316,16 +329,16 @@ def bench_stages(rig, size, count, encoding='rgb8'):
     return stages
 
 
-def bench_throughput(rig, rate, seconds, encoding='rgb8'):
-    """Publish 640x480 frames at `rate` Hz; return counts and latency early and late."""
+def bench_throughput(rig, rate, seconds, encoding='rgb8', size=(480, 640)):
+    """Publish frames of `size` (H, W) at `rate` Hz; return counts and latency early and late."""
     from tqdm import tqdm
-    messages = [image_message(f, encoding) for f in frames(480, 640, 30)]
+    messages = [image_message(f, encoding) for f in frames(*size, 30)]
     before = rig.report()
     stamps = []
     period = 1.0 / rate
     start = time.monotonic()
     total = int(rate * seconds)
-    for i in tqdm(range(total), desc=f'{rate:.0f} Hz 640x480', unit='frame'):
+    for i in tqdm(range(total), desc=f'{rate:.0f} Hz {size[1]}x{size[0]}', unit='frame'):
         wait = start + i * period - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -360,15 +373,16 @@ OVERLAY_CASES = (('nobody views the overlay', (), None),
                   'mask_overlay/compressed'))
 
 
-def bench_overlay_cost(model_path, rate, seconds, node_parameters=(), encoding='rgb8'):
-    """Per overlay case, 640x480 at `rate` Hz: CPU beyond inference (mean) and inference."""
+def bench_overlay_cost(model_path, rate, seconds, node_parameters=(), encoding='rgb8',
+                       size=(480, 640)):
+    """Per overlay case, frames of `size` at `rate` Hz: CPU beyond inference and inference."""
     results = {}
     for label, parameters, viewed in OVERLAY_CASES:
         rig = Rig(model_path, (*node_parameters, *parameters))
         try:
             if viewed != 'mask_overlay':
                 rig.stop_overlay(viewed)
-            run = bench_throughput(rig, rate, seconds, encoding)
+            run = bench_throughput(rig, rate, seconds, encoding, size)
             report = rig.report()
             results[label] = {'processed': run['processed'], 'dropped': run['dropped'],
                               'beyond_ms': float(report['beyond_infer_cpu_mean_ms']),
@@ -440,25 +454,27 @@ def main(argv=None):
                 print(f'providers: {rig.providers}; camera frames: {args.encoding}')
                 # Warm-up: first frames through DDS, caches.
                 bench_stages(rig, (256, 256), args.frames, args.encoding)
+                sizes = dict.fromkeys(((256, 256), (480, 640), args.size))
                 stages = {f'{w}x{h}': bench_stages(rig, (h, w), args.frames, args.encoding)
-                          for h, w in ((256, 256), (480, 640))}
+                          for h, w in sizes}
                 rig.stop_overlay()
                 stages['640x480, no overlay subscriber'] = bench_stages(
                     rig, (480, 640), args.frames, args.encoding)
-                throughput = bench_throughput(rig, args.rate, args.seconds, args.encoding)
+                throughput = bench_throughput(rig, args.rate, args.seconds, args.encoding,
+                                              args.size)
                 node_providers = rig.providers.split(',')
             finally:
                 rig.close()
             overlay_cost = None if args.skip_overlay_cost else bench_overlay_cost(
-                model_path, args.rate, args.seconds, node_parameters, args.encoding)
+                model_path, args.rate, args.seconds, node_parameters, args.encoding, args.size)
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
             keras_model, exported, args.classic_frames, args.model, node_providers)
-    report(stages, throughput, classic, overlay_cost)
+    report(stages, throughput, classic, overlay_cost, args.size)
 
 
-def report(stages, throughput, classic, overlay_cost=None):
+def report(stages, throughput, classic, overlay_cost=None, size=(480, 640)):
     from followme_perception.node import STAGES
     print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip '
           '| node CPU beyond infer | CPU overhead / infer |')
@@ -471,8 +487,9 @@ def report(stages, throughput, classic, overlay_cost=None):
               f"| {ms['cpu']:.2f} | {ms['cpu'] / ms['infer'] * 100.0:.0f} % |")
     print('(overhead: wall time of every stage but inference; node CPU: the same stages, CPU '
           "time of the node's worker thread only, without the time other processes ran)")
-    print('\nthroughput: ' + ', '.join(f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}'
-                                       for k, v in throughput.items()))
+    size_label = f'{size[1]}x{size[0]}'
+    print(f'\nthroughput, {size_label}: ' + ', '.join(
+        f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}' for k, v in throughput.items()))
     if classic:
         keras_ms, ort_ms = classic['keras_predict'], classic['onnxruntime']
         total_640 = totals['640x480']
@@ -492,7 +509,7 @@ def report(stages, throughput, classic, overlay_cost=None):
             print(f"the node's model on ONNX Runtime's CPU provider {cpu_ms:.1f} ms "
                   f'(x{keras_ms / cpu_ms:.1f})')
     if overlay_cost:
-        print('\n| 640x480 at 30 Hz | processed | dropped | node CPU beyond infer, mean ms '
+        print(f'\n| {size_label} at 30 Hz | processed | dropped | node CPU beyond infer, mean ms '
               '| infer ms | CPU overhead / infer |')
         print('|---|---|---|---|---|---|')
         for label, row in overlay_cost.items():
