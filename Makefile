@@ -23,7 +23,7 @@ help:
 	@echo "make run   - run the follow-me loop in the embedded simulator (RUN_ARGS='--help')"
 	@echo "make test  - lint + all tests (PYTEST_ARGS='-k control' to pick some)"
 	@echo "make test-ort-builds - the inference tests again on the GPU and OpenVINO builds"
-	@echo "make gpu   - switch .venv from onnxruntime to onnxruntime-gpu"
+	@echo "make gpu   - switch .venv to onnxruntime-gpu, with CUDA 13 and cuDNN 9 as pip wheels"
 	@echo "make openvino - switch .venv to onnxruntime-openvino (faster on Intel CPUs)"
 	@echo "make cpu   - switch .venv back to the plain onnxruntime"
 
@@ -100,9 +100,11 @@ sysdeps:
 # same `onnxruntime` module and must never share an environment: each switch removes them all.
 ORT_BUILDS := onnxruntime onnxruntime-gpu onnxruntime-openvino
 
+# GPU_REQUIREMENTS=requirements/gpu.txt where CUDA 13 and cuDNN 9 are installed already.
+GPU_REQUIREMENTS ?= requirements/gpu-cuda.txt
 gpu: env
 	$(PY) -m pip uninstall -y -q $(ORT_BUILDS)
-	$(PY) -m pip install -q -r requirements/gpu.txt
+	$(PY) -m pip install -q -r $(GPU_REQUIREMENTS)
 	touch $(VENV)/.stamp-runtime
 
 openvino: env

@@ -153,7 +153,9 @@ class PerceptionNode(Node):
             self.get_logger().warn(
                 f'ONNX Runtime fell back to {self.segmenter.providers[0]} although '
                 f'{self.segmenter.preferred_provider} was asked for and this build has it '
-                '(no GPU, driver or library? ONNX Runtime logged why above)')
+                '(no GPU, driver or library? ONNX Runtime logged why above'
+                + (f'; loading CUDA said: {self.segmenter.gpu_library_report}'
+                   if self.segmenter.gpu_library_report else '') + ')')
         if self.segmenter.providers[0] == 'TensorrtExecutionProvider':
             self.get_logger().info(
                 f'TensorRT engines cached in {self.segmenter.tensorrt_cache}'

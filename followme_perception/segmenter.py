@@ -7,8 +7,10 @@ The model contract (written by training/export, read here): one float32 NHWC RGB
 `followme.classes` (the output channels' class names in order).
 """
 
+import contextlib
 from dataclasses import dataclass
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -169,6 +171,10 @@ class Segmenter:
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = int(inter_op_threads)
         options.log_severity_level = 3
+        # What loading the CUDA libraries said ('' when they all loaded, or no GPU was asked for).
+        self.gpu_library_report = ''
+        if {'CUDAExecutionProvider', 'TensorrtExecutionProvider'} & set(usable):
+            self.gpu_library_report = _preload_cuda_libraries()
         self.tensorrt_cache = None  # the engine folder, when TensorRT is asked for and cached
         if 'TensorrtExecutionProvider' in usable and gpu.tensorrt_cache_dir:
             self.tensorrt_cache = tensorrt_cache_folder(gpu.tensorrt_cache_dir, path,
@@ -242,6 +248,23 @@ class Segmenter:
         batch = np.zeros((1, *self.input_size, 3), np.float32)
         for _ in range(int(runs)):
             self.infer(batch)
+
+
+def _preload_cuda_libraries() -> str:
+    """
+    Load CUDA and cuDNN where ONNX Runtime's GPU build looks for them; return what it reported.
+
+    Installed as NVIDIA's pip wheels (`make gpu`), they are not on the loader's path, so the
+    CUDA provider would not find them without this. It prints what it cannot load; that text
+    goes to the node's log instead, with its fall-back warning.
+    """
+    preload = getattr(ort, 'preload_dlls', None)      # ONNX Runtime 1.21 on, GPU build only
+    if preload is None:
+        return ''
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        preload()
+    return '; '.join(line.strip() for line in report.getvalue().splitlines() if line.strip())
 
 
 def _provider_options(provider, intra_op_threads, gpu=GpuSettings(),

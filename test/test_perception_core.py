@@ -191,6 +191,10 @@ def test_the_gpu_build_tells_whether_it_really_got_the_gpu(model):
         # The GPU build without CUDA: it lists the GPU providers, then quietly runs on the CPU.
         assert segmenter.providers == ('CPUExecutionProvider',)
         assert segmenter.fell_back()
+        # What loading the CUDA libraries printed is kept for the node's warning.
+        assert 'Failed to load libcublas' in segmenter.gpu_library_report
+    on_cpu = Segmenter(model, providers=['CPUExecutionProvider'], warmup_runs=0)
+    assert on_cpu.gpu_library_report == ''         # no GPU asked for: nothing loaded
 
 
 TENSORRT = 'TensorrtExecutionProvider'
