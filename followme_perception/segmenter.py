@@ -183,8 +183,8 @@ class Segmenter:
                 self.tensorrt_cache.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise ModelError(f'cannot make the TensorRT engine cache {self.tensorrt_cache}: '
-                                 f'{error}; set tensorrt_cache_dir to a writable folder, or '
-                                 "to '' for no cache") from None
+                                 f'{error}; point tensorrt_cache_dir at a writable folder, or '
+                                 'turn tensorrt_engine_cache off') from None
         provider_options = [_provider_options(p, intra_op_threads, gpu, self.tensorrt_cache)
                             for p in usable]
         try:
@@ -278,11 +278,12 @@ def _provider_options(provider, intra_op_threads, gpu=GpuSettings(),
         options = {'device_id': str(int(gpu.device_id)),
                    'trt_fp16_enable': str(bool(gpu.tensorrt_fp16))}
         if tensorrt_cache is not None:
-            # The timing cache speeds up building engines for other models and sizes too.
+            # Layer timings are not tied to one model's weights: one timing cache for all of
+            # them, above the per-model engine folders, speeds up building the next model's.
             options.update({'trt_engine_cache_enable': 'True',
                             'trt_engine_cache_path': os.fspath(tensorrt_cache),
                             'trt_timing_cache_enable': 'True',
-                            'trt_timing_cache_path': os.fspath(tensorrt_cache)})
+                            'trt_timing_cache_path': os.fspath(gpu.tensorrt_cache_dir)})
         return options
     return {}
 

@@ -205,10 +205,11 @@ def test_gpu_settings_reach_the_cuda_and_tensorrt_providers(tmp_path):
     assert _provider_options('CUDAExecutionProvider', 0, gpu) == {'device_id': '1'}
     # Without a cache folder TensorRT builds its engines at every start.
     assert _provider_options(TENSORRT, 0, gpu) == {'device_id': '1', 'trt_fp16_enable': 'True'}
-    cached = _provider_options(TENSORRT, 0, gpu, tmp_path / 'engines')
+    cached = _provider_options(TENSORRT, 0, gpu, tmp_path / 'model-fp16')
     assert cached['trt_engine_cache_enable'] == cached['trt_timing_cache_enable'] == 'True'
-    assert cached['trt_engine_cache_path'] == cached['trt_timing_cache_path'] == str(
-        tmp_path / 'engines')
+    # Engines per model; layer timings shared by all models.
+    assert cached['trt_engine_cache_path'] == str(tmp_path / 'model-fp16')
+    assert cached['trt_timing_cache_path'] == str(tmp_path)
     assert _provider_options(TENSORRT, 0)['trt_fp16_enable'] == 'False'   # the default
 
 
@@ -236,7 +237,7 @@ def test_the_gpu_build_takes_the_tensorrt_cache_and_refuses_an_unusable_one(mode
         assert list(segmenter.tensorrt_cache.glob('*.engine'))
     not_a_folder = tmp_path / 'file'
     not_a_folder.write_text('')
-    with pytest.raises(ModelError, match='tensorrt_cache_dir'):
+    with pytest.raises(ModelError, match='tensorrt_cache_dir at a writable folder'):
         Segmenter(model, warmup_runs=0, gpu=GpuSettings(tensorrt_cache_dir=str(not_a_folder)))
     # No TensorRT asked for: no cache folder made.
     on_cuda = Segmenter(model, providers=['CUDAExecutionProvider', 'CPUExecutionProvider'],
