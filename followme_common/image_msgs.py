@@ -313,8 +313,8 @@ def decode_rvl(data: np.ndarray, pixel_count: int) -> np.ndarray:
     # uint16 arithmetic wraps as the codec's does.
     differences = ((zigzag >> 1) ^ -(zigzag & 1)).astype(np.uint16)
     pixels = np.zeros(pixel_count, np.uint16)
-    pixels[np.repeat(np.tile([False, True], runs), counts)] = np.cumsum(differences,
-                                                                         dtype=np.uint16)
+    non_zero = np.repeat(np.tile([False, True], runs), counts)
+    pixels[non_zero] = np.cumsum(differences, dtype=np.uint16)
     return pixels
 
 
