@@ -7,6 +7,7 @@ frames (counted) instead of building a backlog of stale ones.
 """
 
 from collections import Counter, deque
+import os
 import sys
 import threading
 import time
@@ -138,7 +139,8 @@ class PerceptionNode(Node):
         self._overlay_limiter = RateLimiter()
         self._apply_parameters([])
 
-        model_path = self.get_parameter('model_path').value or str(paths.default_model_file())
+        model_path = os.path.expanduser(self.get_parameter('model_path').value
+                                        or str(paths.default_model_file()))
         self.segmenter = Segmenter(
             model_path, self.get_parameter('providers').value,
             self.get_parameter('intra_op_threads').value,
@@ -209,8 +211,8 @@ class PerceptionNode(Node):
     def _gpu_settings(self):
         cache_dir = ''
         if self.get_parameter('tensorrt_engine_cache').value:
-            cache_dir = (self.get_parameter('tensorrt_cache_dir').value
-                         or str(paths.default_tensorrt_cache_dir()))
+            cache_dir = os.path.expanduser(self.get_parameter('tensorrt_cache_dir').value
+                                           or str(paths.default_tensorrt_cache_dir()))
         return GpuSettings(self.get_parameter('gpu_device_id').value, cache_dir,
                            self.get_parameter('tensorrt_fp16').value)
 

@@ -647,9 +647,10 @@ def test_tensorrt_settings_reach_the_session(executor, model_file, tmp_path, mon
     executor.add_node(default)
     assert default._gpu_settings() == GpuSettings(
         0, str(tmp_path / 'ros_home' / 'followme' / 'tensorrt'), False)
+    monkeypatch.setenv('HOME', str(tmp_path))     # '~' in a path parameter is the home folder
     chosen = PerceptionNode(namespace='/trt_chosen', parameter_overrides=[
-        Parameter('model_path', value=str(model_file)), Parameter('warmup_runs', value=0),
-        Parameter('tensorrt_cache_dir', value=str(tmp_path / 'engines')),
+        Parameter('model_path', value=f'~/{model_file.relative_to(tmp_path)}'),
+        Parameter('warmup_runs', value=0), Parameter('tensorrt_cache_dir', value='~/engines'),
         Parameter('tensorrt_fp16', value=True), Parameter('gpu_device_id', value=1)])
     executor.add_node(chosen)
     assert chosen._gpu_settings() == GpuSettings(1, str(tmp_path / 'engines'), True)
