@@ -68,7 +68,9 @@ def parse_args(argv=None):
                              'Keras with the providers the node really got')
     parser.add_argument('--encoding', default='rgb8', choices=CAMERA_ENCODINGS,
                         help='encoding of the camera frames sent (default rgb8); the node '
-                             'converts the others to RGB in its convert stage')
+                             "converts the others to RGB in its convert stage; 'jpeg' sends "
+                             'CompressedImage (quality 80) on image/compressed, with the '
+                             "node's image_transport compressed")
     parser.add_argument('--classic-frames', type=int, default=40,
                         help='frames for the Keras vs ONNX Runtime comparison')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
@@ -181,9 +183,11 @@ class Rig:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Float64MultiArray
 
+        # JPEG frames (--encoding jpeg) go where image_transport's compressed transport puts them.
+        compressed = ('image_transport', 'compressed') in parameters
         self.node_process = subprocess.Popen([
             sys.executable, '-m', 'followme_perception.node', '--ros-args',
             '-r', f'__ns:={NAMESPACE}', '-p', f'model_path:={model_path}',
@@ -191,7 +195,9 @@ class Rig:
             *[arg for name, value in parameters for arg in ('-p', f'{name}:={value}')]])
         self.probe = rclpy.create_node('bench_probe', namespace=NAMESPACE)
         self.pub = self.probe.create_publisher(
-            Image, 'image', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+            CompressedImage if compressed else Image,
+            'image/compressed' if compressed else 'image',
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.arrivals = {}   # image stamp (ns) -> wall time the detection arrived
         self.probe.create_subscription(Float64MultiArray, 'hero_detection', self._on_detection,
                                        100)
@@ -286,16 +292,24 @@ def _stop(process):
         process.kill()
 
 
-# What a camera driver might publish, made from an RGB frame with OpenCV's conversion codes.
+# What a camera driver might publish, made from an RGB frame with OpenCV's conversion codes;
+# 'jpeg': a CompressedImage as compressed_image_transport sends it (quality 80).
 CAMERA_ENCODINGS = {'rgb8': None, 'bgr8': 'COLOR_RGB2BGR', 'bgra8': 'COLOR_RGB2BGRA',
-                    'mono8': 'COLOR_RGB2GRAY', 'yuyv': 'COLOR_RGB2YUV_YUY2'}
+                    'mono8': 'COLOR_RGB2GRAY', 'yuyv': 'COLOR_RGB2YUV_YUY2', 'jpeg': None}
+JPEG_QUALITY = 80
 
 
 def image_message(rgb, encoding='rgb8'):
     import cv2
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CompressedImage, Image
 
     from followme_common.image_msgs import fill_image
+    if encoding == 'jpeg':
+        from followme_perception.overlay import encode_jpeg, JPEG_FORMAT
+        msg = CompressedImage(format=JPEG_FORMAT)
+        msg.data.frombytes(encode_jpeg(rgb, JPEG_QUALITY))
+        msg.header.frame_id = 'camera_optical'
+        return msg
     code = CAMERA_ENCODINGS[encoding]
     msg = fill_image(Image(), rgb if code is None else cv2.cvtColor(rgb, getattr(cv2, code)),
                      encoding)
@@ -447,6 +461,8 @@ def main(argv=None):
               + ('' if args.model else ' (classic architecture, random weights)'))
         node_parameters = (() if args.providers is None
                            else (('providers', f'[{args.providers}]'),))
+        if args.encoding == 'jpeg':
+            node_parameters += (('image_transport', 'compressed'),)
         rclpy.init()
         try:
             rig = Rig(model_path, node_parameters)
