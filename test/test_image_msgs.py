@@ -345,3 +345,19 @@ def test_rvl_decodes_what_the_reference_encoder_codes(seed):
     np.testing.assert_array_equal(decode_rvl(coded, values.size), values)
     np.testing.assert_array_equal(decode_rvl(np.frombuffer(encode_rvl(np.zeros(50, np.uint16)),
                                                            np.uint8), 50), np.zeros(50))
+
+
+def test_the_depth_bench_reads_the_same_metres_through_every_transport():
+    # A whole noisy 640x480 frame with holes, as bench/bench_depth_decode.py times it.
+    from bench.bench_depth_decode import depth_frame, messages
+    cases = {label: msg for label, msg, _ in messages(depth_frame(holes=0.02, noise_m=0.01))}
+    raw_16 = DepthMetres(cases.pop('raw 16UC1'))[...]
+    raw_32 = DepthMetres(cases.pop('raw 32FC1'))[...]
+    assert np.isnan(raw_16).mean() == pytest.approx(0.02, abs=0.002)
+    for label, msg in cases.items():
+        metres = DepthMetres.from_compressed(msg)[...]
+        np.testing.assert_array_equal(np.isnan(metres), np.isnan(raw_16), err_msg=label)
+        if '16UC1' in label:       # millimetres, exactly
+            np.testing.assert_array_equal(metres, raw_16, err_msg=label)
+        else:                      # quantized inverse depth: z^2 / A, 5 mm at 7 m
+            np.testing.assert_allclose(metres, raw_32, atol=0.005, err_msg=label)
