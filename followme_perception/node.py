@@ -40,7 +40,7 @@ RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
 # image_transport's names: the camera frames as Image on `image`, or as CompressedImage on
 # `<image>/compressed` (what most camera bags hold).
 TRANSPORTS = {'raw': (Image, ''), 'compressed': (CompressedImage, '/compressed')}
-# The same for depth: compressed_depth_image_transport's PNG on `<depth>/compressedDepth`.
+# The same for depth: compressed_depth_image_transport's PNG or RVL on `<depth>/compressedDepth`.
 DEPTH_TRANSPORTS = {'raw': (Image, ''), 'compressedDepth': (CompressedImage, '/compressedDepth')}
 # The string parameters with a fixed set of values.
 CHOICES = {'qos_reliability': RELIABILITY, 'image_transport': TRANSPORTS,
@@ -92,7 +92,7 @@ PARAMETERS = {
         'names it)')),
     'depth_transport': ('raw', _text(
         "how depth arrives: 'raw' (sensor_msgs/Image on depth) or 'compressedDepth' "
-        '(sensor_msgs/CompressedImage, PNG, on depth/compressedDepth, as image_transport '
+        '(sensor_msgs/CompressedImage, PNG or RVL, on depth/compressedDepth, as image_transport '
         'names it)')),
     'qos_reliability': ('best_effort', _text(
         "camera subscriptions' reliability: best_effort or reliable")),
