@@ -338,3 +338,51 @@ def test_a_browser_page_from_another_origin_is_refused(executor, bridge):
             header=['Origin: http://attacker.example'])
     assert refused.value.status_code == 400
     assert b.count('connections') == 0
+
+
+def test_the_slot_is_free_when_the_disconnect_is_announced():
+    # The simulator quits with `41` (leave '/'), then closes its Engine.IO session. One that
+    # reconnects the moment its disconnect is reported must not be refused (HTTP 401, "one
+    # simulator at a time"), and a session that left may not take the slot back.
+    import threading
+    import time
+    from followme_control.unity_bridge.server import QuadSimServer, ServerListener
+
+    class Recorder(ServerListener):
+        def __init__(self):
+            self.slot_at_disconnect = []
+            self.disconnected = threading.Event()
+            self.problems = []
+
+        def on_disconnect(self, sid, reason):
+            self.slot_at_disconnect.append(server.sio.client_eio_sid)
+            self.disconnected.set()
+
+        def on_problem(self, kind, detail):
+            self.problems.append(kind)
+
+    def wait_until(condition, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return condition()
+
+    recorder = Recorder()
+    server = QuadSimServer(recorder, port=0)
+    server.start()
+    first = QuadSimClient(server.address[1])
+    second = QuadSimClient(server.address[1])
+    try:
+        first.connect()
+        first._ws.send('41')            # leaves '/', its Engine.IO session still open
+        assert recorder.disconnected.wait(10.0)
+        assert recorder.slot_at_disconnect == [None]
+        second.connect()
+        assert wait_until(lambda: server.sio.client_eio_sid == second.sid)
+        first._ws.send('40')            # asks back in: refused, the slot stays the second's
+        assert wait_until(lambda: recorder.problems == ['rejected_connections'])
+        assert server.sio.client_eio_sid == second.sid and server.connected
+    finally:
+        second.close()
+        first.close()
+        server.close()

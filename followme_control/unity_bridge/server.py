@@ -101,19 +101,34 @@ class _SimulatorServer(socketio.Server):
             if not isinstance(data, str):
                 raise ValueError('binary Engine.IO message (the simulator speaks text only)')
             pkt = self.packet_class(encoded_packet=data)
-            if (pkt.packet_type == packet.CONNECT and (pkt.namespace or '/') == '/'
-                    and self.manager.sid_from_eio_sid(eio_sid, '/') is not None):
-                return  # a standard client's own CONNECT: it was answered when it opened
+            if pkt.packet_type == packet.CONNECT and (pkt.namespace or '/') == '/':
+                if self.manager.sid_from_eio_sid(eio_sid, '/') is not None:
+                    return  # a standard client's own CONNECT: it was answered when it opened
+                with self._lock:
+                    holder = self.client_eio_sid
+                if eio_sid != holder:
+                    # A session that left '/' (its slot went to the next client) asks back in.
+                    self._listener.on_problem(
+                        'rejected_connections', 'refused a client rejoining after it left: one '
+                        'simulator at a time')
+                    return
             super()._handle_eio_message(eio_sid, data)
         except Exception as exc:  # a bad packet must not end the session
             self._listener.on_problem('malformed_packets',
                                       f'unreadable socket.io packet {str(data)[:60]!r}: {exc}')
 
+    def release_slot(self):
+        """Let the next client in: the one connected left '/' (`41`) before closing."""
+        with self._lock:
+            self.client_eio_sid = None
+
     def _handle_eio_disconnect(self, eio_sid, reason):
-        super()._handle_eio_disconnect(eio_sid, reason)
+        # Free the one slot before the disconnect is announced (the listener's count, the
+        # node's log): a simulator that reconnects on hearing it must not be refused.
         with self._lock:
             if eio_sid == self.client_eio_sid:
                 self.client_eio_sid = None
+        super()._handle_eio_disconnect(eio_sid, reason)
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
@@ -208,6 +223,9 @@ class QuadSimServer:
     def _on_disconnect(self, sid, reason):
         if sid == self.sio.client_sid:
             self.sio.client_sid = None
+            # The simulator quits with `41` before it closes the Engine.IO session: free the
+            # slot now, so a simulator reconnecting on this news is not refused.
+            self.sio.release_slot()
         self._listener.on_disconnect(sid, str(reason))
 
     def _on_event(self, event, sid, *args):
