@@ -117,17 +117,16 @@ class _SimulatorServer(socketio.Server):
             self._listener.on_problem('malformed_packets',
                                       f'unreadable socket.io packet {str(data)[:60]!r}: {exc}')
 
-    def release_slot(self):
-        """Let the next client in: the one connected left '/' (`41`) before closing."""
+    def release_slot(self, eio_sid):
+        """Let the next client in if `eio_sid` holds the one slot (it left or closed)."""
         with self._lock:
-            self.client_eio_sid = None
+            if eio_sid == self.client_eio_sid:
+                self.client_eio_sid = None
 
     def _handle_eio_disconnect(self, eio_sid, reason):
         # Free the one slot before the disconnect is announced (the listener's count, the
         # node's log): a simulator that reconnects on hearing it must not be refused.
-        with self._lock:
-            if eio_sid == self.client_eio_sid:
-                self.client_eio_sid = None
+        self.release_slot(eio_sid)
         super()._handle_eio_disconnect(eio_sid, reason)
 
 
@@ -225,7 +224,7 @@ class QuadSimServer:
             self.sio.client_sid = None
             # The simulator quits with `41` before it closes the Engine.IO session: free the
             # slot now, so a simulator reconnecting on this news is not refused.
-            self.sio.release_slot()
+            self.sio.release_slot(self.sio.manager.eio_sid_from_sid(sid, '/'))
         self._listener.on_disconnect(sid, str(reason))
 
     def _on_event(self, event, sid, *args):
