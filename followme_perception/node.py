@@ -471,6 +471,10 @@ class PerceptionNode(Node):
             'providers_requested': ','.join(self.segmenter.requested_providers),
             'providers_active': ','.join(self.segmenter.providers),
         }
+        if self.segmenter.fell_back() and self.segmenter.gpu_library_report:
+            values['cuda_libraries'] = self.segmenter.gpu_library_report  # why, where seen
+        if self.segmenter.providers[0] == 'TensorrtExecutionProvider':
+            values['tensorrt_engine_cache'] = str(self.segmenter.tensorrt_cache or 'off')
         values.update({f'{name}_ms': f'{np.median(ms):.2f}' if ms else 'n/a'
                        for name, ms in timings.items()})
         values['inference_ms'] = values['infer_ms']

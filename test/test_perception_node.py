@@ -638,6 +638,8 @@ def test_the_gpu_build_without_a_gpu_warns_that_it_fell_back(rig):
     values = _values(probe.diagnostics[-1])
     assert values['providers_active'] == 'CPUExecutionProvider'
     assert values['providers_requested'].startswith('TensorrtExecutionProvider')
+    # Why, for whoever reads /diagnostics rather than the log: the CUDA libraries missing.
+    assert 'Failed to load libcublas' in values['cuda_libraries']
 
 
 def test_tensorrt_settings_reach_the_session(executor, model_file, tmp_path, monkeypatch):
