@@ -28,8 +28,9 @@ class IntrinsicsSource(IntEnum):
     """Which camera model turned pixels into directions."""
 
     NONE = 0         # no hero, nothing computed
-    CAMERA_INFO = 1  # the latest sensor_msgs/CameraInfo (K matrix)
+    CAMERA_INFO = 1  # the latest sensor_msgs/CameraInfo: K (P if image_rectified), no D
     ASSUMED_FOV = 2  # no CameraInfo yet: principal point at the centre, `assumed_hfov_deg`
+    CAMERA_INFO_UNDISTORTED = 3  # CameraInfo's K and its lens distortion D, undone
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Where the hero is: the largest hero blob in a class mask, then 3D from depth, si
 No ROS here. Positions are in the camera optical frame (REP 103: z forward, x right, y down).
 """
 
+import dataclasses
 from dataclasses import dataclass
 import functools
 import math
@@ -17,6 +18,15 @@ import numpy as np
 MIN_VALID_DEPTH_PIXELS = 5
 
 
+# CameraInfo distortion models (sensor_msgs/distortion_models.hpp) that bearings undo, with
+# the coefficient counts OpenCV takes for each.
+RADIAL_TANGENTIAL_MODELS = ('plumb_bob', 'rational_polynomial')
+RADIAL_TANGENTIAL_COEFFICIENTS = (4, 5, 8, 12, 14)
+FISHEYE_MODEL = 'equidistant'
+# OpenCV's default (5 iterations) leaves pixels of error near the edge of a wide-angle lens.
+_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)
+
+
 @dataclass(frozen=True)
 class Intrinsics:
     fx: float
@@ -24,6 +34,8 @@ class Intrinsics:
     cx: float
     cy: float
     source: IntrinsicsSource
+    distortion_model: str = ''   # '' (none), a RADIAL_TANGENTIAL_MODELS name or FISHEYE_MODEL
+    distortion: tuple = ()       # its coefficients, CameraInfo's D
 
     @classmethod
     def from_k(cls, k):
@@ -32,6 +44,36 @@ class Intrinsics:
         if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0.0 or fy <= 0.0:
             return None
         return cls(fx, fy, cx, cy, IntrinsicsSource.CAMERA_INFO)
+
+    @classmethod
+    def from_camera_info(cls, k, d, distortion_model, p, rectified=False):
+        """
+        Build the camera model for bearings from CameraInfo's K, D, distortion_model and P.
+
+        A raw image (`rectified` false) is described by K and D; a rectified one (image_rect,
+        as image_proc makes it) by P with no distortion (P falls back to K when unset), as
+        image_geometry's PinholeCameraModel reads them. Returns (intrinsics or None, problem):
+        intrinsics is None when the matrix is unusable; `problem` says why D was ignored.
+        """
+        if rectified:
+            # P is row-major 3x4: fx' at 0, cx' at 2, fy' at 5, cy' at 6.
+            from_p = cls.from_k((p[0], 0, p[2], 0, p[5], p[6])) if len(p) == 12 else None
+            return from_p or cls.from_k(k), None
+        pinhole = cls.from_k(k)
+        coefficients = tuple(float(v) for v in d)
+        if pinhole is None or not any(coefficients):
+            return pinhole, None
+        if not all(math.isfinite(v) for v in coefficients):
+            return pinhole, f'D {list(coefficients)} is not finite'
+        if (distortion_model in RADIAL_TANGENTIAL_MODELS
+                and len(coefficients) in RADIAL_TANGENTIAL_COEFFICIENTS) or \
+                (distortion_model == FISHEYE_MODEL and len(coefficients) == 4):
+            return dataclasses.replace(pinhole, distortion_model=distortion_model,
+                                       distortion=coefficients,
+                                       source=IntrinsicsSource.CAMERA_INFO_UNDISTORTED), None
+        return pinhole, (f'distortion model {distortion_model!r} with {len(coefficients)} '
+                         f'coefficients is not one of {", ".join(RADIAL_TANGENTIAL_MODELS)} '
+                         f'(4, 5, 8, 12 or 14) or {FISHEYE_MODEL} (4)')
 
     @classmethod
     def from_fov(cls, width, height, hfov_deg):
@@ -44,7 +86,24 @@ class Intrinsics:
         if info_width <= 0 or info_height <= 0 or (width, height) == (info_width, info_height):
             return self
         sx, sy = width / info_width, height / info_height
-        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, self.source)
+        # D acts on normalised coordinates, which binning leaves alone.
+        return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx,
+                                   cy=self.cy * sy)
+
+    def normalized(self, points) -> np.ndarray:
+        """(N, 2) pixel coordinates -> (N, 2) points (x/z, y/z), lens distortion undone."""
+        pixels = np.asarray(points, np.float64).reshape(-1, 1, 2)
+        if not self.distortion_model:
+            return ((pixels[:, 0] - (self.cx, self.cy)) / (self.fx, self.fy))
+        camera = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+        coefficients = np.array(self.distortion)
+        if self.distortion_model == FISHEYE_MODEL:
+            undone = cv2.fisheye.undistortPoints(pixels, camera, coefficients,
+                                                 criteria=_UNDISTORT_CRITERIA)
+        else:
+            undone = cv2.undistortPoints(pixels, camera, coefficients,
+                                         criteria=_UNDISTORT_CRITERIA)
+        return undone[:, 0]
 
 
 @dataclass(frozen=True)
@@ -88,13 +147,16 @@ class HeroLocator:
         # The pixel-weighted mean; np.average spends more in Python than in the sum.
         confidence = float(np.dot(hero_prob[ys, xs], weights)) / area
         camera = intrinsics or Intrinsics.from_fov(width, height, self.assumed_hfov_deg)
-        ray = np.array([(cx - camera.cx) / camera.fx, (cy - camera.cy) / camera.fy, 1.0])
+        # The centroid's ray, and the box's top and bottom edges (pixel centres are integers)
+        # below it, for the range from size.
+        centre, top, bottom = camera.normalized([(cx, cy), (cx, y0 - 0.5), (cx, y1 - 0.5)])
+        ray = np.array([centre[0], centre[1], 1.0])
         z, source = None, RangeSource.DEPTH
         if depth is not None:
             seen = weights > 0
             z = _median_depth(depth[rows.sample[ys[seen]], cols.sample[xs[seen]]])
         if z is None and intrinsics is not None:
-            z, source = camera.fy * self.person_height_m / (y1 - y0), RangeSource.SIZE
+            z, source = self.person_height_m / (bottom[1] - top[1]), RangeSource.SIZE
         if z is None:
             position, range_m, source = ray / np.linalg.norm(ray), math.nan, RangeSource.BEARING
         else:

@@ -105,6 +105,10 @@ PARAMETERS = {
     'assumed_hfov_deg': (90.0, _float(
         'horizontal field of view assumed for bearings until CameraInfo arrives (deg)',
         10.0, 170.0)),
+    'image_rectified': (False, _text(
+        "true when image is rectified (image_proc's image_rect): bearings then use "
+        "CameraInfo's P and no distortion; false (a driver's image_raw): K, with the lens "
+        'distortion D undone (plumb_bob, rational_polynomial, equidistant)')),
     'depth_sync_tolerance': (0.1, _float(
         'largest |depth stamp - image stamp| for the depth to be used (s); 0 takes the newest '
         'depth whatever its stamp', 0.0, 10.0)),
@@ -136,6 +140,7 @@ class PerceptionNode(Node):
             self.declare_parameter(name, default, descriptor)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.locator = HeroLocator()
+        self._image_rectified = self.get_parameter('image_rectified').value
         self._overlay_limiter = RateLimiter()
         self._apply_parameters([])
 
@@ -261,12 +266,17 @@ class PerceptionNode(Node):
             self._depth = msg
 
     def _on_camera_info(self, msg):
-        intrinsics = Intrinsics.from_k(msg.k)
+        intrinsics, problem = Intrinsics.from_camera_info(msg.k, msg.d, msg.distortion_model,
+                                                          msg.p, self._image_rectified)
         if intrinsics is None:
             self._bad_input('camera_info_invalid',
                             f'camera_info has no usable K matrix ({list(msg.k)}); bearings use '
                             'the assumed field of view')
             return
+        if problem:
+            self._bad_input('camera_info_distortion_ignored',
+                            f'camera_info: {problem}; bearings ignore lens distortion. Rectify '
+                            'the image (image_proc) and set image_rectified true')
         with self._lock:
             self._camera_info = (intrinsics, int(msg.width), int(msg.height))
 

@@ -369,6 +369,96 @@ def test_intrinsics_from_camera_info_fov_and_scaling():
     assert (half.fx, half.fy, half.cx, half.cy) == (200.0, 200.0, 160.0, 120.0)
 
 
+K_WIDE = [250.0, 0, 160.0, 0, 250.0, 120.0, 0, 0, 1]
+PLUMB_BOB = (-0.32, 0.12, 0.0015, -0.002, -0.025)   # a wide-angle lens, barrel distortion
+FISHEYE = (0.08, -0.02, 0.004, -0.001)
+
+
+def _project(points, k, model, d):
+    """3D points in the optical frame -> distorted pixels, the forward direction (OpenCV)."""
+    objects = np.asarray(points, np.float64).reshape(-1, 1, 3)
+    camera, zero = np.array(k, np.float64).reshape(3, 3), np.zeros(3)
+    if model == 'equidistant':
+        pixels, _ = cv2.fisheye.projectPoints(objects, zero, zero, camera, np.array(d))
+    else:
+        pixels, _ = cv2.projectPoints(objects, zero, zero, camera, np.array(d))
+    return pixels.reshape(-1, 2)
+
+
+@pytest.mark.parametrize('model, d', [('plumb_bob', PLUMB_BOB),
+                                      ('rational_polynomial', PLUMB_BOB + (0.01, 0.0, 0.0)),
+                                      ('equidistant', FISHEYE)])
+def test_lens_distortion_is_undone_across_the_image(model, d):
+    camera, problem = Intrinsics.from_camera_info(K_WIDE, d, model, [0.0] * 12)
+    assert problem is None and camera.source == IntrinsicsSource.CAMERA_INFO_UNDISTORTED
+    # Directions out to the image corners (x/z up to 0.64, y/z up to 0.48 at fx 250).
+    xs, ys = np.meshgrid(np.linspace(-0.6, 0.6, 7), np.linspace(-0.45, 0.45, 5))
+    rays = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=1)
+    pixels = _project(rays, K_WIDE, model, d)
+    np.testing.assert_allclose(camera.normalized(pixels), rays[:, :2], atol=1e-6)
+    # The same pixels read as a pinhole: off by up to tens of pixels at the edges.
+    pinhole = Intrinsics.from_k(K_WIDE).normalized(pixels)
+    assert np.abs(pinhole - rays[:, :2]).max() * 250.0 > 10.0
+
+
+def test_the_hero_position_reprojects_onto_its_blob_through_the_lens():
+    ids = np.zeros(FRAME, np.uint8)
+    ids[30:110, 240:280] = 2                   # up and to the right: strong distortion there
+    depth = np.full(FRAME, 5.0, np.float32)
+    camera, _ = Intrinsics.from_camera_info(K_WIDE, PLUMB_BOB, 'plumb_bob', [0.0] * 12)
+    locator = HeroLocator(person_height_m=1.6)
+    estimate = locator.locate(ids, _prob_from(ids), depth, camera)
+    assert estimate.detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO_UNDISTORTED
+    assert estimate.position[2] == pytest.approx(5.0)
+    centroid = (estimate.detection.cx, estimate.detection.cy)
+    assert centroid == (259.5, 69.5)
+    np.testing.assert_allclose(_project([estimate.position], K_WIDE, 'plumb_bob', PLUMB_BOB)[0],
+                               centroid, atol=1e-4)
+    pinhole = locator.locate(ids, _prob_from(ids), depth, Intrinsics.from_k(K_WIDE))
+    assert abs(pinhole.position[0] - estimate.position[0]) > 0.1   # metres at 5 m
+
+    # Range from size: the box's top and bottom edges below the centroid, 1.6 m apart at z.
+    sized = locator.locate(ids, _prob_from(ids), None, camera)
+    assert sized.detection.range_source == RangeSource.SIZE
+    z = sized.position[2]
+    top, bottom = camera.normalized([(259.5, 29.5), (259.5, 109.5)])
+    edges = _project([(top[0] * z, top[1] * z, z), (bottom[0] * z, bottom[1] * z, z)],
+                     K_WIDE, 'plumb_bob', PLUMB_BOB)
+    np.testing.assert_allclose(edges, [(259.5, 29.5), (259.5, 109.5)], atol=1e-4)
+    assert (bottom[1] - top[1]) * z == pytest.approx(1.6)
+    assert z != pytest.approx(locator.locate(ids, _prob_from(ids), None,
+                                             Intrinsics.from_k(K_WIDE)).position[2], rel=0.02)
+
+
+def test_camera_info_matrices_and_distortion_models():
+    k, p = K_WIDE, [300.0, 0, 150.0, 0, 0, 310.0, 110.0, 0, 0, 0, 1, 0]
+    # Rectified images: P, no distortion; P unset falls back to K.
+    rect, problem = Intrinsics.from_camera_info(k, PLUMB_BOB, 'plumb_bob', p, rectified=True)
+    assert (rect.fx, rect.fy, rect.cx, rect.cy, rect.distortion) == (300, 310, 150, 110, ())
+    assert rect.source == IntrinsicsSource.CAMERA_INFO and problem is None
+    rect, _ = Intrinsics.from_camera_info(k, PLUMB_BOB, 'plumb_bob', [0.0] * 12, rectified=True)
+    assert (rect.fx, rect.cx) == (250, 160)
+    # No distortion, or all zeros: a plain pinhole, whatever the model's name.
+    for d, model in (((), ''), ((0.0,) * 5, 'plumb_bob'), ((0.0,) * 4, 'no_such_model')):
+        plain, problem = Intrinsics.from_camera_info(k, d, model, p)
+        assert plain == Intrinsics.from_k(k) and problem is None
+    # Distortion this node cannot undo: a pinhole and the reason, for the node to report.
+    for d, model, says in ((PLUMB_BOB, 'no_such_model', "'no_such_model' with 5"),
+                           ((0.1, 0.2, 0.3), 'plumb_bob', "'plumb_bob' with 3"),
+                           (PLUMB_BOB, 'equidistant', "'equidistant' with 5"),
+                           ((math.nan,) * 5, 'plumb_bob', 'not finite')):
+        plain, problem = Intrinsics.from_camera_info(k, d, model, p)
+        assert plain == Intrinsics.from_k(k) and says in problem
+    assert Intrinsics.from_camera_info([0.0] * 9, PLUMB_BOB, 'plumb_bob', p) == (None, None)
+    # Binning scales K; D works on normalised coordinates and stays.
+    full, _ = Intrinsics.from_camera_info([500, 0, 320, 0, 500, 240, 0, 0, 1], PLUMB_BOB,
+                                          'plumb_bob', p)
+    half = full.scaled_to(320, 240, 640, 480)
+    assert (half.fx, half.cx, half.distortion) == (250, 160, PLUMB_BOB)
+    np.testing.assert_allclose(half.normalized([(300.0, 40.0)]),
+                               full.normalized([(600.0, 80.0)]), atol=1e-9)
+
+
 # Overlay and the detection summary ------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from conftest import DATA, REPO, spin_until
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from followme_common.image_msgs import fill_image, image_to_array, image_to_rgb
-from followme_perception.detection import HeroDetection, RangeSource
+from followme_perception.detection import HeroDetection, IntrinsicsSource, RangeSource
 from followme_perception.node import _tinted, FrameConverter, PARAMETERS, PerceptionNode
 from followme_perception.overlay import JPEG_FORMAT, tint
 from followme_perception.segmenter import DEFAULT_PROVIDERS, GpuSettings, ModelError
@@ -153,8 +153,9 @@ def depth_msg(metres, encoding='32FC1'):
     return fill_image(Image(), metres.astype(np.float32), '32FC1')
 
 
-def camera_info(width=320, height=240, k=K):
-    return CameraInfo(width=width, height=height, k=list(k))
+def camera_info(width=320, height=240, k=K, d=(), model='', p=(0.0,) * 12):
+    return CameraInfo(width=width, height=height, k=list(k), d=list(d), distortion_model=model,
+                      p=list(p))
 
 
 def offline_mask(model_path, rgb):
@@ -304,6 +305,47 @@ def test_range_from_size_then_bearing_only_then_lost(rig):
     assert detection.present == 0 and detection.range_source == RangeSource.NONE
     assert probe2.latest('hero_marker', sec).action == Marker.DELETE
     assert not any(m.header.stamp.sec == sec for m in probe2.received['hero_pose'])
+
+
+PLUMB_BOB = (-0.32, 0.12, 0.0015, -0.002, -0.025)
+
+
+def _send_until_used(probe, source, rgb, depth, info, attempts=10):
+    """Send a frame until the node has the new CameraInfo (its own topic may arrive later)."""
+    for _ in range(attempts):
+        sec = probe.send(image_msg(rgb), depth_msg(depth), info)
+        detection = probe.detection_for(sec)
+        if detection.intrinsics_source == source:
+            return detection, probe.latest('hero_pose', sec).pose.position
+    raise AssertionError(f'intrinsics source never became {source!r}')
+
+
+def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
+    node, probe = rig()
+    rgb, truth = scene(hero_box=(230, 30, 270, 110))    # up and right, where the lens bends most
+    depth = np.where(truth == 2, 4.0, 9.0).astype(np.float32)
+    detection, position = _send_until_used(probe, IntrinsicsSource.CAMERA_INFO_UNDISTORTED, rgb,
+                                           depth, camera_info(d=PLUMB_BOB, model='plumb_bob'))
+    # Projected back through the lens (OpenCV's forward model), the pose lands on the centroid.
+    pixel, _ = cv2.projectPoints(np.array([[position.x, position.y, position.z]]), np.zeros(3),
+                                 np.zeros(3), np.array(K).reshape(3, 3), np.array(PLUMB_BOB))
+    np.testing.assert_allclose(pixel.ravel(), (detection.cx, detection.cy), atol=1e-3)
+    assert position.z == pytest.approx(4.0)
+    assert position.x > (detection.cx - 160.0) / 200.0 * 4.0 + 0.1   # barrel: wider than pinhole
+
+    # A model the node cannot undo: counted, and the pinhole K still gives bearings.
+    _send_until_used(probe, IntrinsicsSource.CAMERA_INFO, rgb, depth,
+                     camera_info(d=PLUMB_BOB, model='kb8'))
+    assert node.error_counts()['camera_info_distortion_ignored'] >= 1
+
+    # image_rectified: P's focal length and principal point, no distortion.
+    node2, probe2 = rig(image_rectified=True)
+    p = (250.0, 0.0, 150.0, 0.0, 0.0, 250.0, 110.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    detection, position = _send_until_used(probe2, IntrinsicsSource.CAMERA_INFO, rgb, depth,
+                                           camera_info(d=PLUMB_BOB, model='plumb_bob', p=p))
+    assert position.x == pytest.approx((detection.cx - 150.0) / 250.0 * 4.0)
+    assert position.y == pytest.approx((detection.cy - 110.0) / 250.0 * 4.0)
+    assert not node2.error_counts()
 
 
 def _bad_images():
