@@ -81,6 +81,20 @@ class Intrinsics:
         focal = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
         return cls(focal, focal, width / 2.0, height / 2.0, IntrinsicsSource.ASSUMED_FOV)
 
+    def in_region(self, x_offset, y_offset, binning_x, binning_y):
+        """
+        Describe a cropped (region of interest) or binned image of this camera (REP 104).
+
+        CameraInfo's K and P describe the full-resolution sensor; a driver that crops (`roi`)
+        or bins (`binning_x`, `binning_y`) publishes a smaller image, in which a pixel (u, v)
+        is ((u_full - x_offset) / binning_x, ...), as image_geometry reads it.
+        """
+        if (x_offset, y_offset, binning_x, binning_y) == (0, 0, 1, 1):
+            return self
+        return dataclasses.replace(self, fx=self.fx / binning_x, fy=self.fy / binning_y,
+                                   cx=(self.cx - x_offset) / binning_x,
+                                   cy=(self.cy - y_offset) / binning_y)
+
     def scaled_to(self, width, height, info_width, info_height):
         """Rescale to an image of another size (CameraInfo of a binned stream)."""
         if info_width <= 0 or info_height <= 0 or (width, height) == (info_width, info_height):
@@ -104,6 +118,21 @@ class Intrinsics:
             undone = cv2.undistortPoints(pixels, camera, coefficients,
                                          criteria=_UNDISTORT_CRITERIA)
         return undone[:, 0]
+
+
+def camera_info_region(width, height, binning_x, binning_y, roi):
+    """
+    (x_offset, y_offset, binning_x, binning_y, image width, image height) from CameraInfo.
+
+    REP 104: binning 0 means 1; a region of interest of all zeros (or zero size) means the full
+    sensor; both in full-resolution pixels. `roi` is (x_offset, y_offset, width, height).
+    """
+    binning_x, binning_y = max(1, int(binning_x)), max(1, int(binning_y))
+    x_offset, y_offset, roi_width, roi_height = (int(v) for v in roi)
+    if roi_width <= 0 or roi_height <= 0:
+        x_offset, y_offset, roi_width, roi_height = 0, 0, int(width), int(height)
+    return (x_offset, y_offset, binning_x, binning_y, roi_width // binning_x,
+            roi_height // binning_y)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_common.rate_limit import RateLimiter
 from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
-from followme_perception.hero import HeroLocator, Intrinsics
+from followme_perception.hero import camera_info_region, HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, JPEG_FORMAT, tint
 from followme_perception.segmenter import (DEFAULT_PROVIDERS, GpuSettings, HERO, ModelError,
                                            Segmenter)
@@ -277,8 +277,13 @@ class PerceptionNode(Node):
             self._bad_input('camera_info_distortion_ignored',
                             f'camera_info: {problem}; bearings ignore lens distortion. Rectify '
                             'the image (image_proc) and set image_rectified true')
+        roi = msg.roi
+        x_offset, y_offset, binning_x, binning_y, width, height = camera_info_region(
+            msg.width, msg.height, msg.binning_x, msg.binning_y,
+            (roi.x_offset, roi.y_offset, roi.width, roi.height))
+        intrinsics = intrinsics.in_region(x_offset, y_offset, binning_x, binning_y)
         with self._lock:
-            self._camera_info = (intrinsics, int(msg.width), int(msg.height))
+            self._camera_info = (intrinsics, width, height)
 
     def _bad_input(self, kind, text):
         with self._lock:

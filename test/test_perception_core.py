@@ -7,7 +7,7 @@ import cv2
 from followme_common import paths
 from followme_perception.detection import (FIELDS, HeroDetection, INDEX, IntrinsicsSource,
                                            RangeSource)
-from followme_perception.hero import HeroLocator, Intrinsics
+from followme_perception.hero import camera_info_region, HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
                                            GpuSettings, ModelError, Segmentation, Segmenter,
@@ -457,6 +457,22 @@ def test_camera_info_matrices_and_distortion_models():
     assert (half.fx, half.cx, half.distortion) == (250, 160, PLUMB_BOB)
     np.testing.assert_allclose(half.normalized([(300.0, 40.0)]),
                                full.normalized([(600.0, 80.0)]), atol=1e-9)
+
+
+def test_region_of_interest_and_binning_follow_rep_104():
+    # Full sensor 1280x960, K for it; a 2x2-binned 640x480 crop starting at (320, 240).
+    full = Intrinsics.from_k([800, 0, 640, 0, 810, 480, 0, 0, 1])
+    region = camera_info_region(1280, 960, 2, 2, (320, 240, 1280 - 320, 960 - 240))
+    assert region == (320, 240, 2, 2, 480, 360)
+    crop = full.in_region(*region[:4])
+    assert (crop.fx, crop.fy, crop.cx, crop.cy) == (400, 405, 160, 120)
+    # A full-sensor pixel and its binned, cropped counterpart give the same direction.
+    np.testing.assert_allclose(crop.normalized([((900 - 320) / 2, (700 - 240) / 2)]),
+                               full.normalized([(900, 700)]), atol=1e-12)
+    # Binning 0 is 1, a zero region of interest is the whole sensor.
+    assert camera_info_region(640, 480, 0, 0, (0, 0, 0, 0)) == (0, 0, 1, 1, 640, 480)
+    assert camera_info_region(640, 480, 2, 1, (10, 10, 0, 0)) == (0, 0, 2, 1, 320, 480)
+    assert full.in_region(0, 0, 1, 1) is full
 
 
 # Overlay and the detection summary ------------------------------------------------------

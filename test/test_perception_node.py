@@ -28,7 +28,7 @@ import rclpy
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Float64MultiArray
 from transport_helpers import compressed_depth_data
 from visualization_msgs.msg import Marker
@@ -153,9 +153,12 @@ def depth_msg(metres, encoding='32FC1'):
     return fill_image(Image(), metres.astype(np.float32), '32FC1')
 
 
-def camera_info(width=320, height=240, k=K, d=(), model='', p=(0.0,) * 12):
+def camera_info(width=320, height=240, k=K, d=(), model='', p=(0.0,) * 12, binning=0,
+                roi=(0, 0, 0, 0)):
     return CameraInfo(width=width, height=height, k=list(k), d=list(d), distortion_model=model,
-                      p=list(p))
+                      p=list(p), binning_x=binning, binning_y=binning,
+                      roi=RegionOfInterest(x_offset=roi[0], y_offset=roi[1], width=roi[2],
+                                           height=roi[3]))
 
 
 def offline_mask(model_path, rgb):
@@ -346,6 +349,19 @@ def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
     assert position.x == pytest.approx((detection.cx - 150.0) / 250.0 * 4.0)
     assert position.y == pytest.approx((detection.cy - 110.0) / 250.0 * 4.0)
     assert not node2.error_counts()
+
+
+def test_a_cropped_and_binned_camera_info_describes_the_image(rig):
+    """REP 104: K is the full sensor's; the 320x240 image is its 2x2-binned crop."""
+    node, probe = rig()
+    rgb, truth = scene()
+    depth = np.where(truth == 2, 4.0, 9.0).astype(np.float32)
+    # Sensor 800x600; crop (80, 60) 640x480; binned 2x2: K below is K of the image, scaled up.
+    full_k = (400.0, 0.0, 400.0, 0.0, 400.0, 300.0, 0.0, 0.0, 1.0)
+    info = camera_info(800, 600, full_k, binning=2, roi=(80, 60, 640, 480))
+    detection, position = _send_until_used(probe, IntrinsicsSource.CAMERA_INFO, rgb, depth, info)
+    assert position.x == pytest.approx((detection.cx - 160.0) / 200.0 * 4.0)
+    assert position.y == pytest.approx((detection.cy - 120.0) / 200.0 * 4.0)
 
 
 def _bad_images():
