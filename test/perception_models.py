@@ -14,34 +14,50 @@ CLASSIC_OFFSET = -1.0
 
 
 def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0,
-                 metadata=None, channels_first=False, batch='N'):
+                 metadata=None, channels_first=False, batch='N', conv=False, pad_channels=0):
     """Write the colour-class model to `path` and return the path.
 
     `classes` names the output channels in order; channel i is driven by colour channel
     (red, green, blue) of the class it names, so any order still maps blue to the hero.
     `metadata` replaces the contract's metadata (None: a complete, correct set).
     `channels_first` builds an NCHW input [N, 3, H, W] (a model that does not fit the node).
+    `conv` computes the same as a 1x1 Conv between Transposes, as tf2onnx writes the FCN.
+    `pad_channels` adds input channels after RGB with zero weights, and says so in metadata.
     """
     height, width = size
     colour_of = {'background': 0, 'others': 1, 'hero': 2}
-    weights = np.zeros((3, 3), np.float32)
+    channels = 3 + pad_channels
+    weights = np.zeros((channels, 3), np.float32)
     for channel, name in enumerate(classes.split(',')):
         weights[colour_of[name], channel] = gain
-    nodes = [helper.make_node('MatMul', ['pixels', 'weights'], ['logits']),
-             helper.make_node('Softmax', ['logits'], ['probabilities'], axis=-1)]
+    if conv:
+        kernel = weights.T.reshape(3, channels, 1, 1)
+        # Straight from the input, as tf2onnx writes it.
+        source = 'pixels' if channels_first else 'image'
+        nodes = [helper.make_node('Transpose', [source], ['nchw'], perm=[0, 3, 1, 2]),
+                 helper.make_node('Conv', ['nchw', 'weights'], ['logits_nchw']),
+                 helper.make_node('Transpose', ['logits_nchw'], ['logits'], perm=[0, 2, 3, 1])]
+        initializer = helper.make_tensor('weights', TensorProto.FLOAT, kernel.shape,
+                                         kernel.ravel())
+    else:
+        nodes = [helper.make_node('MatMul', ['pixels', 'weights'], ['logits'])]
+        initializer = helper.make_tensor('weights', TensorProto.FLOAT, [channels, 3],
+                                         weights.ravel())
+    nodes.append(helper.make_node('Softmax', ['logits'], ['probabilities'], axis=-1))
     if channels_first:
-        shape = [batch, 3, height, width]
+        shape = [batch, channels, height, width]
         nodes.insert(0, helper.make_node('Transpose', ['image'], ['pixels'], perm=[0, 2, 3, 1]))
     else:
-        shape = [batch, height, width, 3]
-        nodes.insert(0, helper.make_node('Identity', ['image'], ['pixels']))
+        shape = [batch, height, width, channels]
+        if not conv:
+            nodes.insert(0, helper.make_node('Identity', ['image'], ['pixels']))
     graph = helper.make_graph(
         nodes,
         'followme_colour_fcn',
         [helper.make_tensor_value_info('image', TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT,
                                        [batch, height, width, 3])],
-        [helper.make_tensor('weights', TensorProto.FLOAT, [3, 3], weights.ravel())])
+        [initializer])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)],
                               producer_name='followme-tests')
     model.ir_version = 8
@@ -50,6 +66,8 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
                     'followme.input_scale': repr(CLASSIC_SCALE),
                     'followme.input_offset': repr(CLASSIC_OFFSET),
                     'followme.classes': classes}
+        if pad_channels:
+            metadata['followme.input_pad_channels'] = str(pad_channels)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -125,3 +125,76 @@ def test_names_stay_unique_when_rewriting_twice():
                                              'fold_thin_separable': 0}
     names = [n.name for n in model.graph.node]
     assert len(names) == len(set(names))
+
+
+def nhwc_qdq_stem():
+    """Build the int8 FCN's stem: NHWC input, Transpose, Q/DQ, two int8 dense convs on it."""
+    nodes = [helper.make_node('Transpose', ['image'], ['nchw'], perm=[0, 3, 1, 2]),
+             helper.make_node('QuantizeLinear', ['nchw', 's', 'z'], ['q']),
+             helper.make_node('DequantizeLinear', ['q', 's', 'z'], ['dq'])]
+    inits = [numpy_helper.from_array(np.array(2 / 255, np.float32), 's'),
+             numpy_helper.from_array(np.array(128, np.uint8), 'z')]
+    outputs = []
+    for name, stride in (('enc', 2), ('dec', 1)):
+        weight = RNG.integers(-127, 128, (5, 3, 3, 3)).astype(np.int8)
+        inits += [numpy_helper.from_array(weight, f'{name}_wq'),
+                  numpy_helper.from_array(RNG.uniform(0.01, 0.02, 5).astype(np.float32),
+                                          f'{name}_ws'),
+                  numpy_helper.from_array(np.zeros(5, np.int8), f'{name}_wz')]
+        nodes += [helper.make_node('DequantizeLinear', [f'{name}_wq', f'{name}_ws', f'{name}_wz'],
+                                   [f'{name}_w'], axis=0),
+                  helper.make_node('Conv', ['dq', f'{name}_w'], [name], name=name,
+                                   kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride] * 2)]
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * 4))
+    graph = helper.make_graph(nodes, 'stem', [helper.make_tensor_value_info(
+        'image', TensorProto.FLOAT, ['batch', 8, 8, 3])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run_image(model, image):
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    return session.run(None, {'image': image})
+
+
+def test_input_padding_is_exact_on_an_int8_stem_whatever_the_padding_holds():
+    model = nhwc_qdq_stem()
+    image = RNG.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    want = _run_image(model, image)
+    assert graph_rewrite.pad_input_channels(model) == 2
+    assert model.graph.input[0].type.tensor_type.shape.dim[3].dim_value == 4
+    for fill in (0.0, 1.0, -1.0):
+        padded = np.concatenate([image, np.full((2, 8, 8, 1), fill, np.float32)], axis=-1)
+        for got, expected in zip(_run_image(model, padded), want):
+            np.testing.assert_array_equal(got, expected)
+    assert graph_rewrite.pad_input_channels(model) == 0     # already four
+
+
+def test_input_padding_on_a_float_nchw_graph_and_where_it_does_not_apply():
+    b = Builder()
+    model = b.model(b.op('Relu', [b.conv('x', [4, 3, 3, 3], 'c')], 'out'))
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    want = run(model, x)[0]
+    assert graph_rewrite.pad_input_channels(model) == 1
+    padded = np.concatenate([x, RNG.normal(size=(1, 1, 8, 8)).astype(np.float32)], axis=1)
+    np.testing.assert_allclose(run(model, padded)[0], want, atol=1e-5)
+
+    # The input also read by something that is not a convolution (a concat, a graph output):
+    # a fourth channel would change what it computes, so nothing is touched.
+    b = Builder()
+    cat = b.op('Concat', [b.conv('x', [4, 3, 3, 3], 'c'), 'x'], 'cat', axis=1)
+    model = b.model(cat)
+    before = model.SerializeToString()
+    assert graph_rewrite.pad_input_channels(model) == 0
+    assert model.SerializeToString() == before
+    b = Builder()
+    b.extra_outputs.append('x')
+    model = b.model(b.conv('x', [4, 3, 3, 3], 'c'))
+    assert graph_rewrite.pad_input_channels(model) == 0
+    # A depthwise convolution reads each channel on its own: not padded either.
+    b = Builder()
+    model = b.model(b.conv('x', [3, 1, 3, 3], 'dw', group=3))
+    assert graph_rewrite.pad_input_channels(model) == 0

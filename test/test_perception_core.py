@@ -157,6 +157,37 @@ def test_missing_corrupt_and_channels_first_models_fail_clearly(tmp_path):
         Segmenter(colour_model(tmp_path / 'nchw.onnx', channels_first=True))
 
 
+def test_a_padded_input_model_gets_its_ignored_channel(tmp_path, model):
+    """followme.input_pad_channels 1 (the int8 models): RGB plus a channel the network ignores."""
+    padded = Segmenter(colour_model(tmp_path / 'padded.onnx', size=(48, 64), conv=True,
+                                    pad_channels=1), warmup_runs=1)
+    plain = Segmenter(model, warmup_runs=1)
+    assert padded.info.pad_channels == 1 and plain.info.pad_channels == 0
+    rgb = scene()[0]
+    batch = padded.preprocess(rgb)
+    assert batch.shape == (1, 48, 64, 4)
+    np.testing.assert_array_equal(batch[..., :3], plain.preprocess(rgb))
+    got, want = padded.segment(rgb), plain.segment(rgb)
+    np.testing.assert_array_equal(got.class_ids(), want.class_ids())
+    np.testing.assert_allclose(got.hero_prob, want.hero_prob, atol=1e-6)
+
+    # Four input channels without the metadata that says one is padding, or the reverse, or
+    # a padding this node cannot fill: refused, with the reason.
+    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
+                'followme.input_offset': repr(CLASSIC_OFFSET),
+                'followme.classes': 'background,others,hero'}
+    with pytest.raises(ModelError, match=r'\[N, H, W, 3\] \(RGB\)'):
+        Segmenter(colour_model(tmp_path / 'rgbd.onnx', size=(48, 64), pad_channels=1,
+                               metadata=contract))
+    with pytest.raises(ModelError, match=r'\[N, H, W, 4\] \(RGB and 1 padding channel\)'):
+        Segmenter(colour_model(tmp_path / 'three.onnx', size=(48, 64), metadata={
+            **contract, 'followme.input_pad_channels': '1'}))
+    for value in ('2', 'one'):
+        with pytest.raises(ModelError, match='input_pad_channels.*expected 0 or 1'):
+            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), metadata={
+                **contract, 'followme.input_pad_channels': value}))
+
+
 def test_providers_are_checked_and_reported(model):
     segmenter = Segmenter(model, providers=DEFAULT_PROVIDERS, intra_op_threads=1,
                           inter_op_threads=1, warmup_runs=0)

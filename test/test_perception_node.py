@@ -168,6 +168,8 @@ def offline_mask(model_path, rgb):
     session = ort.InferenceSession(str(model_path), providers=providers)
     small = cv2.resize(rgb, NET_SIZE[::-1], interpolation=cv2.INTER_LINEAR)
     batch = (small.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0))[None]
+    padding = session.get_inputs()[0].shape[3] - 3     # followme.input_pad_channels
+    batch = np.concatenate([batch, np.zeros((*batch.shape[:3], padding), np.float32)], axis=3)
     probs = session.run(None, {'image': batch})[0][0]
     ids = np.argmax(probs, axis=2).astype(np.uint8)
     return cv2.resize(ids, rgb.shape[1::-1], interpolation=cv2.INTER_NEAREST)
@@ -205,6 +207,19 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
         background = expected == 0
         np.testing.assert_array_equal(image_to_array(overlay)[background], seen[background])
         np.testing.assert_array_equal(image_to_array(overlay), tint(seen, expected, 0.5))
+    assert node.error_counts() == {}
+
+
+def test_a_model_with_a_padding_channel_gives_the_offline_mask(rig, tmp_path):
+    """The int8 models' input: RGB and a channel the network ignores, added by the node."""
+    padded = colour_model(tmp_path / 'padded.onnx', size=NET_SIZE, conv=True, pad_channels=1)
+    node, probe = rig(model_path=str(padded))
+    assert node.segmenter.info.pad_channels == 1
+    for rgb in sample_frames():
+        sec = probe.send(image_msg(rgb))
+        probe.detection_for(sec)
+        np.testing.assert_array_equal(image_to_array(probe.latest('mask', sec)),
+                                      offline_mask(padded, rgb))
     assert node.error_counts() == {}
 
 

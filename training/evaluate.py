@@ -58,6 +58,7 @@ class OnnxPredictor:
             self.scale = float(meta['followme.input_scale'])
             self.offset = float(meta['followme.input_offset'])
             classes = meta['followme.classes'].split(',')
+            self.pad_channels = int(meta.get('followme.input_pad_channels', 0))
         except KeyError as err:
             raise ValueError(f'{self.path} lacks the metadata key {err}: export it with '
                              'python -m training.export') from None
@@ -67,7 +68,11 @@ class OnnxPredictor:
 
     def model_input(self, images_uint8):
         """uint8 RGB frames -> the network's float32 input, normalised as the metadata says."""
-        return images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        pixels = images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        if self.pad_channels:    # channels the network reads with zero weights
+            pixels = np.concatenate(
+                [pixels, np.zeros((*pixels.shape[:-1], self.pad_channels), np.float32)], axis=-1)
+        return pixels
 
     def __call__(self, images_uint8):
         probs = self.session.run(None, {self.input_name: self.model_input(images_uint8)})[0]

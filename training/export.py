@@ -149,7 +149,9 @@ def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds, provider) -
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-    frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, 3)).astype(np.float32)
+    channels = session.get_inputs()[0].shape[3]   # 4 for an int8 model (input_pad_channels)
+    frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, channels)).astype(
+        np.float32)
     for _ in range(20):
         session.run(None, {'image': frame})
     busy = other_cpu_busy()

@@ -10,7 +10,10 @@ node reads it the same way. Before writing anything it checks, on real frames, t
 model picks the same class as the float model for nearly every pixel (--min-agreement) and,
 when the evaluation sets are there, that the classic score drops by at most --max-score-drop.
 On a CPU the int8 model runs about twice as fast; the float model stays the reference for
-GPUs and for parity with Keras. No TensorFlow here.
+GPUs and for parity with Keras. The int8 model's image input gets a fourth channel that the
+network ignores (graph_rewrite.pad_input_channels, `followme.input_pad_channels` = 1): ONNX
+Runtime's int8 convolutions are much faster on four input channels than on three. No
+TensorFlow here.
 """
 
 import argparse
@@ -21,6 +24,7 @@ import tempfile
 
 from followme_common import scoring
 import numpy as np
+from training import graph_rewrite
 
 REPO = Path(__file__).resolve().parent.parent
 CARD_START = '<!-- int8 section: written by python -m training.quantize -->'
@@ -71,6 +75,13 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         proto = onnx.load(os.fspath(draft))
+        # Exact, and about 9 % faster on ONNX Runtime's int8 kernels (graph_rewrite.py).
+        pad_channels = 0
+        if graph_rewrite.pad_input_channels(proto):
+            pad_channels = graph_rewrite.PADDED_INPUT_CHANNELS - graph_rewrite.RGB_CHANNELS
+            _set_metadata(proto, {**_metadata(proto), 'followme.input_pad_channels':
+                                  str(pad_channels)})
+            onnx.save(proto, os.fspath(draft))
         int8_model = OnnxPredictor(draft)
         agreement = class_agreement(float_model, int8_model, agreement_images)
         if agreement < min_agreement:
@@ -79,19 +90,29 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
                 f'{agreement:.2%} of pixels '
                 f'on {len(agreement_images)} real frames (minimum {min_agreement:.2%}); not '
                 'written. Calibrate on more or more typical frames (--calibration-frames)')
-    metadata = {p.key: p.value for p in onnx.load(os.fspath(float_path)).metadata_props}
+    metadata = _metadata(onnx.load(os.fspath(float_path)))
     metadata.update({'followme.quantized': 'int8 QDQ, per-channel weights, uint8 activations',
                      'followme.float_model': Path(float_path).name,
                      'followme.float_agreement': f'{agreement:.6f}'})
+    if pad_channels:
+        metadata['followme.input_pad_channels'] = str(pad_channels)
     if calibration:
         metadata['followme.calibration'] = calibration
+    _set_metadata(proto, metadata)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, os.fspath(output))
+    return agreement
+
+
+def _metadata(proto) -> dict:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _set_metadata(proto, metadata):
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, os.fspath(output))
-    return agreement
 
 
 def class_agreement(reference, candidate, images, batch_size=32) -> float:
@@ -113,7 +134,7 @@ def calibration_summary(folders, frames: int) -> str:
 
 
 def write_card_section(card, float_report, int8_report, float_timing, int8_timing,
-                       agreement, output, calibration='training frames'):
+                       agreement, output, calibration='training frames', pad_channels=0):
     """Put (or replace) the int8 section at the end of the model card."""
     from training.export import describe_timing
     lines = [
@@ -126,6 +147,13 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
         "The figures below are ONNX Runtime's CPU provider's.", '',
         '| | float | int8 |', '|---|---|---|',
     ]
+    if pad_channels:
+        plural = 's' if pad_channels > 1 else ''
+        lines[6:6] = [f'Its input takes {pad_channels} channel{plural} after RGB that the '
+                      'network multiplies by zero weights (`followme.input_pad_channels`, filled '
+                      "in by the node): ONNX Runtime's int8 convolutions over the image run much "
+                      'faster on four input channels than on three '
+                      '(graph_rewrite.pad_input_channels, exact).', '']
     if float_report and int8_report:
         lines.append(f"| final score | {float_report['final_score']:.4f} | "
                      f"{int8_report['final_score']:.4f} |")
@@ -220,7 +248,7 @@ def main(argv=None):
           f"{int8_timing['median_ms']:.2f}; written {output}")
     if args.card:
         write_card_section(args.card, float_report, int8_report, float_timing, int8_timing,
-                           agreement, output, calibrated_on)
+                           agreement, output, calibrated_on, OnnxPredictor(output).pad_channels)
 
 
 def _store_score(path, report):
