@@ -104,6 +104,29 @@ class Intrinsics:
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx,
                                    cy=self.cy * sy)
 
+    def undistorted(self, points, tolerance_px=0.5):
+        """
+        (N, 2) pixels -> ((N, 2) points (x/z, y/z), whether the lens model inverts there).
+
+        A wrong or absurd D (another lens's calibration, a sign flipped), or a pixel beyond
+        what the polynomial can reach, makes OpenCV's iteration diverge: NaN, or rays far off,
+        with no error raised. So each point is distorted back and must land on its pixel.
+        """
+        rays = self.normalized(points)
+        if not self.distortion_model:
+            return rays, True
+        if not np.all(np.isfinite(rays)):
+            return rays, False
+        objects = np.concatenate([rays, np.ones((len(rays), 1))], axis=1).reshape(-1, 1, 3)
+        camera = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+        zero, coefficients = np.zeros(3), np.array(self.distortion)
+        if self.distortion_model == FISHEYE_MODEL:
+            pixels, _ = cv2.fisheye.projectPoints(objects, zero, zero, camera, coefficients)
+        else:
+            pixels, _ = cv2.projectPoints(objects, zero, zero, camera, coefficients)
+        error = np.abs(pixels.reshape(-1, 2) - np.asarray(points, np.float64).reshape(-1, 2))
+        return rays, bool(np.all(np.isfinite(error)) and error.max() <= tolerance_px)
+
     def normalized(self, points) -> np.ndarray:
         """(N, 2) pixel coordinates -> (N, 2) points (x/z, y/z), lens distortion undone."""
         pixels = np.asarray(points, np.float64).reshape(-1, 1, 2)
@@ -178,7 +201,14 @@ class HeroLocator:
         camera = intrinsics or Intrinsics.from_fov(width, height, self.assumed_hfov_deg)
         # The centroid's ray, and the box's top and bottom edges (pixel centres are integers)
         # below it, for the range from size.
-        centre, top, bottom = camera.normalized([(cx, cy), (cx, y0 - 0.5), (cx, y1 - 0.5)])
+        edges = [(cx, cy), (cx, y0 - 0.5), (cx, y1 - 0.5)]
+        (centre, top, bottom), inverted = camera.undistorted(edges)
+        if not inverted:
+            # The lens model does not invert at these pixels: the pinhole reading for this
+            # frame rather than a NaN or wild pose (intrinsics_source says CAMERA_INFO).
+            camera = dataclasses.replace(camera, distortion_model='', distortion=(),
+                                         source=IntrinsicsSource.CAMERA_INFO)
+            centre, top, bottom = camera.normalized(edges)
         ray = np.array([centre[0], centre[1], 1.0])
         z, source = None, RangeSource.DEPTH
         if depth is not None:

@@ -20,7 +20,7 @@ from followme_common.image_msgs import (COLOUR_ENCODINGS, compressed_to_rgb, Dep
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
 from followme_common.rate_limit import RateLimiter
-from followme_perception.detection import FIELDS, LAYOUT_LABEL, RangeSource
+from followme_perception.detection import FIELDS, IntrinsicsSource, LAYOUT_LABEL, RangeSource
 from followme_perception.hero import camera_info_region, HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, JPEG_FORMAT, tint
 from followme_perception.segmenter import (DEFAULT_PROVIDERS, GpuSettings, HERO, ModelError,
@@ -329,6 +329,13 @@ class PerceptionNode(Node):
         with self._lock:
             estimate = self.locator.locate(segmentation.net_ids, segmentation.hero_prob,
                                            depth, intrinsics, stamp, rgb.shape[:2])
+        if (intrinsics is not None and intrinsics.distortion_model
+                and estimate.detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO):
+            self._bad_input('distortion_not_invertible',
+                            f"camera_info's lens distortion {intrinsics.distortion_model} "
+                            f'{list(intrinsics.distortion)} cannot be undone at the hero '
+                            f'(pixel {estimate.detection.cx:.0f}, {estimate.detection.cy:.0f}); '
+                            'bearing read as a pinhole for this frame. Check the calibration')
         if depth is not None and estimate.detection.range_source != RangeSource.DEPTH:
             self._bad_input('depth_no_valid_pixels', 'the hero blob has no valid depth '
                             '(0, NaN or inf); range falls back to size or bearing')

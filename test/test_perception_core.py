@@ -427,6 +427,7 @@ def test_lens_distortion_is_undone_across_the_image(model, d):
     rays = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=1)
     pixels = _project(rays, K_WIDE, model, d)
     np.testing.assert_allclose(camera.normalized(pixels), rays[:, :2], atol=1e-6)
+    assert camera.undistorted(pixels)[1]
     # The same pixels read as a pinhole: off by up to tens of pixels at the edges.
     pinhole = Intrinsics.from_k(K_WIDE).normalized(pixels)
     assert np.abs(pinhole - rays[:, :2]).max() * 250.0 > 10.0
@@ -459,6 +460,29 @@ def test_the_hero_position_reprojects_onto_its_blob_through_the_lens():
     assert (bottom[1] - top[1]) * z == pytest.approx(1.6)
     assert z != pytest.approx(locator.locate(ids, _prob_from(ids), None,
                                              Intrinsics.from_k(K_WIDE)).position[2], rel=0.02)
+
+
+@pytest.mark.parametrize('model, d, inverts_in_the_middle', [
+    ('rational_polynomial', (1e30,) * 8, False),     # NaN out of OpenCV
+    ('plumb_bob', (-0.9, 0.0, 0.0, 0.0, 0.0), True),  # barrel turning back before the corner
+    ('equidistant', (-5.0, 0.0, 0.0, 0.0), True)])
+def test_a_lens_model_that_does_not_invert_gives_a_pinhole_pose_not_a_wild_one(
+        model, d, inverts_in_the_middle):
+    ids = np.zeros(FRAME, np.uint8)
+    ids[5:60, 10:40] = 2                       # near the corner, where the iteration diverges
+    wild, _ = Intrinsics.from_camera_info(K_WIDE, d, model, [0.0] * 12)
+    assert not wild.undistorted([(24.5, 32.0)])[1]
+    for depth in (np.full(FRAME, 3.0, np.float32), None):
+        estimate = HeroLocator().locate(ids, _prob_from(ids), depth, wild)
+        assert estimate.detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO
+        pinhole = HeroLocator().locate(ids, _prob_from(ids), depth, Intrinsics.from_k(K_WIDE))
+        assert estimate.position == pytest.approx(pinhole.position)
+    # Where the same lens does invert (the middle), it is used.
+    ids[:] = 0
+    ids[100:140, 150:170] = 2
+    middle = HeroLocator().locate(ids, _prob_from(ids), None, wild)
+    assert (middle.detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO_UNDISTORTED) \
+        == inverts_in_the_middle
 
 
 def test_camera_info_matrices_and_distortion_models():

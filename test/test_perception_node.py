@@ -355,6 +355,20 @@ def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
     _send_until_used(probe, IntrinsicsSource.CAMERA_INFO, rgb, depth,
                      camera_info(d=PLUMB_BOB, model='kb8'))
     assert node.error_counts()['camera_info_distortion_ignored'] >= 1
+    # A D that cannot be undone where the hero is (barrel distortion turning back on itself
+    # before the image's corner): a pinhole bearing for that frame, counted.
+    corner, corner_truth = scene(hero_box=(0, 0, 30, 60))
+    corner_depth = np.where(corner_truth == 2, 4.0, 9.0).astype(np.float32)
+    wrong = camera_info(d=(-0.9, 0.0, 0.0, 0.0, 0.0), model='plumb_bob')
+    for _ in range(10):   # until the node has this CameraInfo (it comes on its own topic)
+        sec = probe.send(image_msg(corner), depth_msg(corner_depth), wrong)
+        detection = probe.detection_for(sec)
+        if node.error_counts()['distortion_not_invertible']:
+            break
+    assert node.error_counts()['distortion_not_invertible'] >= 1
+    assert detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO
+    position = probe.latest('hero_pose', sec).pose.position
+    assert position.x == pytest.approx((detection.cx - 160.0) / 200.0 * 4.0)
 
     # image_rectified: P's focal length and principal point, no distortion.
     node2, probe2 = rig(image_rectified=True)
