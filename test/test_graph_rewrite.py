@@ -40,19 +40,22 @@ class Builder:
     def model(self, output):
         outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * 4)
                    for name in [output, *self.extra_outputs]]
-        graph = helper.make_graph(self.nodes, 'g', [self.input], outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
-        # As tf2onnx writes opset 17 (onnx's own default IR is newer than the OpenVINO build's
-        # ONNX Runtime reads).
-        model.ir_version = 8
-        onnx.checker.check_model(model)
-        return model
+        return as_model(helper.make_graph(self.nodes, 'g', [self.input], outputs, self.inits))
 
 
-def run(model, x):
+def as_model(graph):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    # As tf2onnx writes opset 17 (onnx's own default IR is newer than the OpenVINO build's
+    # ONNX Runtime reads).
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def run(model, x, input_name='x'):
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=['CPUExecutionProvider'])
-    return session.run(None, {'x': x})
+    return session.run(None, {input_name: x})
 
 
 def decoder_like():
@@ -146,29 +149,19 @@ def nhwc_qdq_stem():
                   helper.make_node('Conv', ['dq', f'{name}_w'], [name], name=name,
                                    kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride] * 2)]
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * 4))
-    graph = helper.make_graph(nodes, 'stem', [helper.make_tensor_value_info(
-        'image', TensorProto.FLOAT, ['batch', 8, 8, 3])], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _run_image(model, image):
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=['CPUExecutionProvider'])
-    return session.run(None, {'image': image})
+    return as_model(helper.make_graph(nodes, 'stem', [helper.make_tensor_value_info(
+        'image', TensorProto.FLOAT, ['batch', 8, 8, 3])], outputs, inits))
 
 
 def test_input_padding_is_exact_on_an_int8_stem_whatever_the_padding_holds():
     model = nhwc_qdq_stem()
     image = RNG.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
-    want = _run_image(model, image)
+    want = run(model, image, 'image')
     assert graph_rewrite.pad_input_channels(model) == 2
     assert model.graph.input[0].type.tensor_type.shape.dim[3].dim_value == 4
     for fill in (0.0, 1.0, -1.0):
         padded = np.concatenate([image, np.full((2, 8, 8, 1), fill, np.float32)], axis=-1)
-        for got, expected in zip(_run_image(model, padded), want):
+        for got, expected in zip(run(model, padded, 'image'), want):
             np.testing.assert_array_equal(got, expected)
     assert graph_rewrite.pad_input_channels(model) == 0     # already four
 
