@@ -96,11 +96,11 @@ class Intrinsics:
                                    cy=(self.cy - y_offset) / binning_y)
 
     def scaled_to(self, width, height, info_width, info_height):
-        """Rescale to an image of another size (CameraInfo of a binned stream)."""
+        """Rescale to an image of another size than CameraInfo gives (a resized stream)."""
         if info_width <= 0 or info_height <= 0 or (width, height) == (info_width, info_height):
             return self
         sx, sy = width / info_width, height / info_height
-        # D acts on normalised coordinates, which binning leaves alone.
+        # D acts on normalised coordinates, which scaling leaves alone.
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx,
                                    cy=self.cy * sy)
 
