@@ -313,6 +313,10 @@ class PerceptionNode(Node):
         except ImageConversionError as error:
             self._bad_input(_image_error_kind(msg), f'image dropped: {error}')
             return
+        if not msg.header.frame_id:
+            self._bad_input('empty_frame_id', "the image's header has no frame_id, and every "
+                            'output copies it: rviz and tf cannot place hero_pose or the marker. '
+                            "Set the camera driver's frame_id (its optical frame, REP 103)")
         t_convert, cpu_convert = time.monotonic(), time.thread_time()
         batch = self.segmenter.preprocess(rgb)
         t_pre, cpu_pre = time.monotonic(), time.thread_time()

@@ -444,6 +444,17 @@ def test_bad_images_are_counted_and_the_node_keeps_going(rig):
     assert float(values['beyond_infer_cpu_mean_ms']) > 0.0
 
 
+def test_an_image_without_frame_id_is_served_and_counted(rig):
+    node, probe = rig()
+    msg = image_msg(scene()[0])
+    msg.header.stamp.sec = sec = next(_stamps)     # frame_id left empty, as some drivers do
+    probe.pub_image.publish(msg)
+    detection = probe.detection_for(sec)
+    assert detection.present == 1
+    assert probe.latest('hero_pose', sec).header.frame_id == ''   # copied, not invented
+    assert node.error_counts() == {'empty_frame_id': 1}
+
+
 def test_bad_depth_and_camera_info_fall_back_and_are_counted(rig):
     node, probe = rig()
     rgb, truth = scene()
