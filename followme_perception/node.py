@@ -496,6 +496,7 @@ class PerceptionNode(Node):
             'depth_images_received': counts['depth_images'],
             'providers_requested': ','.join(self.segmenter.requested_providers),
             'providers_active': ','.join(self.segmenter.providers),
+            'camera_model': self._camera_model_text(),
         }
         if self.segmenter.fell_back() and self.segmenter.gpu_library_report:
             values['cuda_libraries'] = self.segmenter.gpu_library_report  # why, where seen
@@ -512,6 +513,19 @@ class PerceptionNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._pub_diagnostics.publish(array)
+
+    def _camera_model_text(self):
+        """Say what turns pixels into the hero's direction, for whoever wonders why it is off."""
+        with self._lock:
+            camera_info, hfov = self._camera_info, self.locator.assumed_hfov_deg
+        if camera_info is None:
+            return f'no CameraInfo yet: a {hfov:g} deg field of view assumed (assumed_hfov_deg)'
+        camera, width, height = camera_info
+        matrix = 'P (image_rectified)' if self._image_rectified else 'K'
+        lens = (f', {camera.distortion_model} distortion undone' if camera.distortion_model
+                else ', no distortion')
+        return (f'CameraInfo {matrix}{lens}: fx {camera.fx:.1f}, fy {camera.fy:.1f}, '
+                f'cx {camera.cx:.1f}, cy {camera.cy:.1f} for {width}x{height}')
 
     def error_counts(self):
         """Return a copy of the bad-input counters by kind (also in /diagnostics)."""

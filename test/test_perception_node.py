@@ -310,6 +310,8 @@ def test_range_from_size_then_bearing_only_then_lost(rig):
     assert probe.latest('hero_pose', sec).pose.position.z == pytest.approx(2.0, abs=1e-6)
 
     node2, probe2 = rig()   # a fresh node that has never seen camera_info
+    assert node2._camera_model_text() == ('no CameraInfo yet: a 90 deg field of view assumed '
+                                          '(assumed_hfov_deg)')
     sec = probe2.send(image_msg(rgb))
     detection = probe2.detection_for(sec)
     pose = probe2.latest('hero_pose', sec).pose.position
@@ -369,6 +371,11 @@ def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
     assert detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO
     position = probe.latest('hero_pose', sec).pose.position
     assert position.x == pytest.approx((detection.cx - 160.0) / 200.0 * 4.0)
+    # /diagnostics says which camera model the node reads.
+    assert spin_until(probe.executor, lambda: any(
+        _values(d).get('camera_model', '').startswith(
+            'CameraInfo K, plumb_bob distortion undone: fx 200.0') for d in probe.diagnostics),
+        timeout=5.0)
 
     # image_rectified: P's focal length and principal point, no distortion.
     node2, probe2 = rig(image_rectified=True)
@@ -378,6 +385,8 @@ def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
     assert position.x == pytest.approx((detection.cx - 150.0) / 250.0 * 4.0)
     assert position.y == pytest.approx((detection.cy - 110.0) / 250.0 * 4.0)
     assert not node2.error_counts()
+    assert node2._camera_model_text() == ('CameraInfo P (image_rectified), no distortion: '
+                                          'fx 250.0, fy 250.0, cx 150.0, cy 110.0 for 320x240')
 
 
 def test_a_cropped_and_binned_camera_info_describes_the_image(rig):
