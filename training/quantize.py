@@ -62,6 +62,7 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from training.evaluate import OnnxPredictor
+    from training.export import set_metadata
     float_model = OnnxPredictor(float_path)
     with tempfile.TemporaryDirectory() as tmp:
         prepared, draft = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
@@ -79,8 +80,8 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
         pad_channels = 0
         if graph_rewrite.pad_input_channels(proto):
             pad_channels = graph_rewrite.PADDED_INPUT_CHANNELS - graph_rewrite.RGB_CHANNELS
-            _set_metadata(proto, {**_metadata(proto), 'followme.input_pad_channels':
-                                  str(pad_channels)})
+            set_metadata(proto, {**_metadata(proto),
+                                 'followme.input_pad_channels': pad_channels})
             onnx.save(proto, os.fspath(draft))
         int8_model = OnnxPredictor(draft)
         agreement = class_agreement(float_model, int8_model, agreement_images)
@@ -95,10 +96,10 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
                      'followme.float_model': Path(float_path).name,
                      'followme.float_agreement': f'{agreement:.6f}'})
     if pad_channels:
-        metadata['followme.input_pad_channels'] = str(pad_channels)
+        metadata['followme.input_pad_channels'] = pad_channels
     if calibration:
         metadata['followme.calibration'] = calibration
-    _set_metadata(proto, metadata)
+    set_metadata(proto, metadata)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, os.fspath(output))
     return agreement
@@ -106,13 +107,6 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
 
 def _metadata(proto) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def _set_metadata(proto, metadata):
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def class_agreement(reference, candidate, images, batch_size=32) -> float:
