@@ -118,8 +118,7 @@ class Intrinsics:
         if not np.all(np.isfinite(rays)):
             return rays, False
         objects = np.concatenate([rays, np.ones((len(rays), 1))], axis=1).reshape(-1, 1, 3)
-        camera = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-        zero, coefficients = np.zeros(3), np.array(self.distortion)
+        camera, zero, coefficients = self._matrix(), np.zeros(3), np.array(self.distortion)
         if self.distortion_model == FISHEYE_MODEL:
             pixels, _ = cv2.fisheye.projectPoints(objects, zero, zero, camera, coefficients)
         else:
@@ -132,8 +131,7 @@ class Intrinsics:
         pixels = np.asarray(points, np.float64).reshape(-1, 1, 2)
         if not self.distortion_model:
             return ((pixels[:, 0] - (self.cx, self.cy)) / (self.fx, self.fy))
-        camera = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-        coefficients = np.array(self.distortion)
+        camera, coefficients = self._matrix(), np.array(self.distortion)
         if self.distortion_model == FISHEYE_MODEL:
             undone = cv2.fisheye.undistortPoints(pixels, camera, coefficients,
                                                  criteria=_UNDISTORT_CRITERIA)
@@ -141,6 +139,9 @@ class Intrinsics:
             undone = cv2.undistortPoints(pixels, camera, coefficients,
                                          criteria=_UNDISTORT_CRITERIA)
         return undone[:, 0]
+
+    def _matrix(self):
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
 
 def camera_info_region(width, height, binning_x, binning_y, roi):
