@@ -330,14 +330,23 @@ def test_range_from_size_then_bearing_only_then_lost(rig):
 PLUMB_BOB = (-0.32, 0.12, 0.0015, -0.002, -0.025)
 
 
-def _send_until_used(probe, source, rgb, depth, info, attempts=10):
-    """Send a frame until the node has the new CameraInfo (its own topic may arrive later)."""
+def _send_until(probe, rgb, depth, info, done, attempts=10):
+    """
+    Send a frame until done(detection); return that detection and the hero's position.
+
+    For a new CameraInfo: it comes on its own topic and may reach the node after the frame.
+    """
     for _ in range(attempts):
         sec = probe.send(image_msg(rgb), depth_msg(depth), info)
         detection = probe.detection_for(sec)
-        if detection.intrinsics_source == source:
+        if done(detection):
             return detection, probe.latest('hero_pose', sec).pose.position
-    raise AssertionError(f'intrinsics source never became {source!r}')
+    raise AssertionError(f'no frame of {attempts} met the condition')
+
+
+def _send_until_used(probe, source, rgb, depth, info):
+    """Send a frame until the node reads it with the intrinsics `source`."""
+    return _send_until(probe, rgb, depth, info, lambda d: d.intrinsics_source == source)
 
 
 def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
@@ -361,15 +370,11 @@ def test_lens_distortion_is_undone_and_a_rectified_image_uses_p(rig):
     # before the image's corner): a pinhole bearing for that frame, counted.
     corner, corner_truth = scene(hero_box=(0, 0, 30, 60))
     corner_depth = np.where(corner_truth == 2, 4.0, 9.0).astype(np.float32)
-    wrong = camera_info(d=(-0.9, 0.0, 0.0, 0.0, 0.0), model='plumb_bob')
-    for _ in range(10):   # until the node has this CameraInfo (it comes on its own topic)
-        sec = probe.send(image_msg(corner), depth_msg(corner_depth), wrong)
-        detection = probe.detection_for(sec)
-        if node.error_counts()['distortion_not_invertible']:
-            break
+    detection, position = _send_until(
+        probe, corner, corner_depth, camera_info(d=(-0.9, 0.0, 0.0, 0.0, 0.0), model='plumb_bob'),
+        lambda _: node.error_counts()['distortion_not_invertible'] > 0)
     assert node.error_counts()['distortion_not_invertible'] >= 1
     assert detection.intrinsics_source == IntrinsicsSource.CAMERA_INFO
-    position = probe.latest('hero_pose', sec).pose.position
     assert position.x == pytest.approx((detection.cx - 160.0) / 200.0 * 4.0)
     # /diagnostics says which camera model the node reads.
     assert spin_until(probe.executor, lambda: any(

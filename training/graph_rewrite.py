@@ -58,9 +58,11 @@ def pad_input_channels(model: onnx.ModelProto, channels=PADDED_INPUT_CHANNELS) -
     (0: not applicable, the model is unchanged). Exact on float and int8 graphs alike.
     """
     walk = _input_walk(model)
-    if walk is None or walk[1] >= channels:
+    if walk is None:
         return 0
     axis, have, convs, weights, between = walk
+    if have >= channels:
+        return 0
     for weight in weights:
         array = numpy_helper.to_array(weight)
         pad = np.zeros((array.shape[0], channels - have, *array.shape[2:]), array.dtype)
