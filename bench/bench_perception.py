@@ -338,7 +338,8 @@ def bench_stages(rig, size, count, encoding='rgb8'):
     from followme_perception.node import CPU_STAGES, STAGES
     report = rig.report_after(processed + count)
     stages = {name: float(report[f'{name}_ms']) for name in STAGES}
-    stages['cpu'] = sum(float(report[f'{name}_cpu_ms']) for name in CPU_STAGES)
+    stages['cpu_by_stage'] = {name: float(report[f'{name}_cpu_ms']) for name in CPU_STAGES}
+    stages['cpu'] = sum(stages['cpu_by_stage'].values())
     stages['round_trip'] = float(np.median(round_trip))
     return stages
 
@@ -419,8 +420,10 @@ def bench_classic(keras_model, onnx_path, count, node_model=None,
     """
     import onnxruntime as ort
     from tqdm import tqdm
+    from followme_perception.segmenter import Segmenter
     height, width = keras_model.input_shape[1:3]
-    batches = [(f.astype(np.float32) / 127.5 - 1.0)[None] for f in frames(height, width, count)]
+    images = frames(height, width, count)
+    batches = [(f.astype(np.float32) / 127.5 - 1.0)[None] for f in images]
     session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -429,16 +432,13 @@ def bench_classic(keras_model, onnx_path, count, node_model=None,
             ('onnxruntime', lambda b: session.run(None, {'image': b}), batches),
             ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}), batches)]
     if node_model is not None:
-        node_session = ort.InferenceSession(str(node_model), providers=list(node_providers))
-        # An int8 model takes a fourth, ignored channel (followme.input_pad_channels): the
-        # node adds it while preprocessing (0.01 ms), which its overhead figures count.
-        padded = [_pad_for(node_session, batch) for batch in batches]
-        runs.append(('node_model', lambda b: node_session.run(None, {'image': b}), padded))
+        # The node's own session and input: an int8 model takes uint8 RGB and a fourth,
+        # ignored channel, made by the node's preprocess stage (timed in its overhead).
+        node = Segmenter(node_model, providers=node_providers)
+        runs.append(('node_model', _run_on(node), [node.preprocess(i) for i in images]))
         if tuple(node_providers) != ('CPUExecutionProvider',):
-            cpu_session = ort.InferenceSession(str(node_model),
-                                               providers=['CPUExecutionProvider'])
-            runs.append(('node_model_cpu', lambda b: cpu_session.run(None, {'image': b}),
-                         padded))
+            cpu = Segmenter(node_model, providers=['CPUExecutionProvider'])
+            runs.append(('node_model_cpu', _run_on(cpu), [cpu.preprocess(i) for i in images]))
     results = {}
     for name, run, inputs in runs:
         run(inputs[0])  # warm up
@@ -453,10 +453,9 @@ def bench_classic(keras_model, onnx_path, count, node_model=None,
     return results
 
 
-def _pad_for(session, batch):
-    """Add the zero channels the session's model takes beyond RGB, if any."""
-    missing = session.get_inputs()[0].shape[3] - batch.shape[3]
-    return np.concatenate([batch, np.zeros((*batch.shape[:3], missing), batch.dtype)], axis=3)
+def _run_on(segmenter):
+    """One inference on a preprocessed batch, as the node's infer stage runs it."""
+    return lambda batch: segmenter.session.run(None, {segmenter.info.input_name: batch})
 
 
 def main(argv=None):
@@ -501,7 +500,7 @@ def main(argv=None):
 
 
 def report(stages, throughput, classic, overlay_cost=None, size=(480, 640)):
-    from followme_perception.node import STAGES
+    from followme_perception.node import CPU_STAGES, STAGES
     print('\n| input | ' + ' | '.join(STAGES) + ' | total | overhead / infer | round trip '
           '| node CPU beyond infer | CPU overhead / infer |')
     print('|---|' + '---|' * (len(STAGES) + 5))
@@ -513,6 +512,11 @@ def report(stages, throughput, classic, overlay_cost=None, size=(480, 640)):
               f"| {ms['cpu']:.2f} | {ms['cpu'] / ms['infer'] * 100.0:.0f} % |")
     print('(overhead: wall time of every stage but inference; node CPU: the same stages, CPU '
           "time of the node's worker thread only, without the time other processes ran)")
+    print('\n| input | node CPU: ' + ' | '.join(CPU_STAGES) + ' |')
+    print('|---|' + '---|' * len(CPU_STAGES))
+    for name, ms in stages.items():
+        print(f'| {name} | ' + ' | '.join(f"{ms['cpu_by_stage'][stage]:.2f}"
+                                          for stage in CPU_STAGES) + ' |')
     size_label = f'{size[1]}x{size[0]}'
     print(f'\nthroughput, {size_label}: ' + ', '.join(
         f'{k} {v:.1f}' if isinstance(v, float) else f'{k} {v}' for k, v in throughput.items()))

@@ -14,7 +14,8 @@ CLASSIC_OFFSET = -1.0
 
 
 def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0,
-                 metadata=None, channels_first=False, batch='N', conv=False, pad_channels=0):
+                 metadata=None, channels_first=False, batch='N', conv=False, pad_channels=0,
+                 input_quantization=None, input_type=None):
     """Write the colour-class model to `path` and return the path.
 
     `classes` names the output channels in order; channel i is driven by colour channel
@@ -23,6 +24,9 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
     `channels_first` builds an NCHW input [N, 3, H, W] (a model that does not fit the node).
     `conv` computes the same as a 1x1 Conv between Transposes, as tf2onnx writes the FCN.
     `pad_channels` adds input channels after RGB with zero weights, and says so in metadata.
+    `input_quantization` (scale, zero point) makes the input uint8 codes of that quantization,
+    dequantized first, as the int8 models take it (`input_type`: another element type for the
+    input, for a model that does not fit).
     """
     height, width = size
     colour_of = {'background': 0, 'others': 1, 'hero': 2}
@@ -51,13 +55,26 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
         shape = [batch, height, width, channels]
         if not conv:
             nodes.insert(0, helper.make_node('Identity', ['image'], ['pixels']))
+    initializers = [initializer]
+    if input_quantization:
+        nodes[0].input[0] = 'dequantized'
+        nodes.insert(0, helper.make_node('DequantizeLinear', ['image', 'q_scale', 'q_zero'],
+                                         ['dequantized']))
+        initializers += [helper.make_tensor('q_scale', TensorProto.FLOAT, [],
+                                            [input_quantization[0]]),
+                         helper.make_tensor('q_zero', TensorProto.UINT8, [],
+                                            [input_quantization[1]])]
+    elif input_type is not None:
+        nodes[0].input[0] = 'as_float'
+        nodes.insert(0, helper.make_node('Cast', ['image'], ['as_float'], to=TensorProto.FLOAT))
     graph = helper.make_graph(
         nodes,
         'followme_colour_fcn',
-        [helper.make_tensor_value_info('image', TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info('image', input_type or (
+            TensorProto.UINT8 if input_quantization else TensorProto.FLOAT), shape)],
         [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT,
                                        [batch, height, width, 3])],
-        [initializer])
+        initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)],
                               producer_name='followme-tests')
     model.ir_version = 8
@@ -68,12 +85,30 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
                     'followme.classes': classes}
         if pad_channels:
             metadata['followme.input_pad_channels'] = str(pad_channels)
+        if input_quantization:
+            metadata['followme.input_quantization'] = '{!r},{}'.format(*input_quantization)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
+
+
+def quantize_linear(values, scale, zero_point):
+    """Run ONNX Runtime's own QuantizeLinear (uint8) on float32 `values`, any shape."""
+    import onnxruntime as ort
+    graph = helper.make_graph(
+        [helper.make_node('QuantizeLinear', ['x', 'scale', 'zero_point'], ['q'])], 'quantize',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info('q', TensorProto.UINT8, None)],
+        [helper.make_tensor('scale', TensorProto.FLOAT, [], [scale]),
+         helper.make_tensor('zero_point', TensorProto.UINT8, [], [zero_point])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=['CPUExecutionProvider'])
+    return session.run(None, {'x': np.ascontiguousarray(values, np.float32)})[0]
 
 
 def scene(height=240, width=320, hero_box=(140, 60, 180, 200), others_box=(20, 80, 60, 160)):

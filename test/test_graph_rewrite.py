@@ -1,5 +1,6 @@
 """training/graph_rewrite.py on small hand-built graphs, run by real ONNX Runtime (no TF)."""
 
+from followme_perception.segmenter import input_codes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, TensorProto
@@ -191,3 +192,37 @@ def test_input_padding_on_a_float_nchw_graph_and_where_it_does_not_apply():
     b = Builder()
     model = b.model(b.conv('x', [3, 1, 3, 3], 'dw', group=3))
     assert graph_rewrite.pad_input_channels(model) == 0
+
+
+def test_a_quantized_input_is_exact_when_fed_the_codes_of_its_quantization():
+    """take_uint8_input on the int8 stem: the node's table gives the same outputs, bit for bit."""
+    model = nhwc_qdq_stem()
+    # Every pixel value 0..255, at least once.
+    pixels = np.resize(np.arange(256, dtype=np.uint8), (2, 8, 8, 3))
+    normalised = pixels.astype(np.float32) * np.float32(1 / 127.5) + np.float32(-1.0)
+    want = run(model, normalised, 'image')
+    scale, zero_point = graph_rewrite.take_uint8_input(model)
+    assert (scale, zero_point) == (pytest.approx(2 / 255), 128)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert 'QuantizeLinear' not in {node.op_type for node in model.graph.node}
+    codes = input_codes(1 / 127.5, -1.0, scale, zero_point)
+    for got, expected in zip(run(model, codes[pixels], 'image'), want):
+        np.testing.assert_array_equal(got, expected)
+    assert graph_rewrite.take_uint8_input(model) is None       # already uint8
+
+
+def test_a_quantized_input_where_it_does_not_apply():
+    # A float graph (no QuantizeLinear on the input): unchanged.
+    b = Builder()
+    model = b.model(b.conv('x', [4, 3, 3, 3], 'c'))
+    before = model.SerializeToString()
+    assert graph_rewrite.take_uint8_input(model) is None
+    assert model.SerializeToString() == before
+    # The quantized input also read by something other than a DequantizeLinear.
+    model = nhwc_qdq_stem()
+    model.graph.node.append(helper.make_node('Identity', ['q'], ['q_copy']))
+    model.graph.output.append(helper.make_tensor_value_info('q_copy', TensorProto.UINT8,
+                                                            [None] * 4))
+    before = model.SerializeToString()
+    assert graph_rewrite.take_uint8_input(model) is None
+    assert model.SerializeToString() == before

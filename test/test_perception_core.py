@@ -10,12 +10,14 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
 from followme_perception.hero import camera_info_region, HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
-                                           GpuSettings, ModelError, Segmentation, Segmenter,
-                                           tensorrt_cache_folder)
+                                           GpuSettings, input_codes, ModelError, Segmentation,
+                                           Segmenter, tensorrt_cache_folder)
 import numpy as np
 import onnx
+from onnx import TensorProto
 import onnxruntime as ort
-from perception_models import CLASSIC_OFFSET, CLASSIC_SCALE, colour_model, scene
+from perception_models import (CLASSIC_OFFSET, CLASSIC_SCALE, colour_model, quantize_linear,
+                               scene)
 import pytest
 
 FRAME = (240, 320)
@@ -186,6 +188,51 @@ def test_a_padded_input_model_gets_its_ignored_channel(tmp_path, model):
         with pytest.raises(ModelError, match='input_pad_channels.*expected 0 or 1'):
             Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), metadata={
                 **contract, 'followme.input_pad_channels': value}))
+
+
+def test_a_quantized_input_model_gets_the_codes_of_its_own_quantization(tmp_path, model):
+    """The int8 models' input: uint8 codes, each pixel value's looked up from the metadata."""
+    quantization = (2 / 255, 128)       # what ONNX Runtime's calibration gives [-1, 1]
+    coded = Segmenter(colour_model(tmp_path / 'uint8.onnx', size=(48, 64), conv=True,
+                                   pad_channels=1, input_quantization=quantization),
+                      warmup_runs=1)
+    plain = Segmenter(model, warmup_runs=1)
+    assert plain.info.input_codes is None
+    # The table is what ONNX Runtime's QuantizeLinear makes of the normalised pixel values,
+    # normalised in float32 as preprocess does for a float input.
+    normalised = np.arange(256, dtype=np.float32)
+    normalised *= np.float32(CLASSIC_SCALE)
+    normalised += np.float32(CLASSIC_OFFSET)
+    want = quantize_linear(normalised, *quantization)
+    np.testing.assert_array_equal(coded.info.input_codes, want)
+    np.testing.assert_array_equal(
+        input_codes(CLASSIC_SCALE, CLASSIC_OFFSET, *quantization), want)
+    rgb = scene()[0]
+    batch = coded.preprocess(rgb)
+    assert batch.dtype == np.uint8 and batch.shape == (1, 48, 64, 4)
+    np.testing.assert_array_equal(batch[0, ..., :3], want[cv2.resize(rgb, (64, 48))])
+    got, expected = coded.segment(rgb), plain.segment(rgb)
+    np.testing.assert_array_equal(got.class_ids(), expected.class_ids())
+    # Rows padded beyond the width (a view with a step), at the network's size, go in too.
+    unpadded = Segmenter(colour_model(tmp_path / 'uint8_rgb.onnx', size=(48, 64),
+                                      input_quantization=quantization), warmup_runs=1)
+    wide = np.zeros((48, 80, 3), np.uint8)
+    wide[:, :64] = cv2.resize(rgb, (64, 48))
+    np.testing.assert_array_equal(unpadded.segment(wide[:, :64]).net_ids,
+                                  unpadded.segment(wide[:, :64].copy()).net_ids)
+    # A uint8 input without its quantization, with a bad one, or another input type: refused.
+    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
+                'followme.input_offset': repr(CLASSIC_OFFSET),
+                'followme.classes': 'background,others,hero'}
+    with pytest.raises(ModelError, match='needs followme.input_quantization.*training.quantize'):
+        Segmenter(colour_model(tmp_path / 'bare.onnx', size=(48, 64), metadata=contract,
+                               input_quantization=quantization))
+    for value in ('0.0078', '0.0078,300', '-1,128', 'a,b'):
+        with pytest.raises(ModelError, match='input_quantization'):
+            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), input_quantization=(
+                quantization), metadata={**contract, 'followme.input_quantization': value}))
+    with pytest.raises(ModelError, match=r'tensor\(int32\).*tensor\(float\).*tensor\(uint8\)'):
+        Segmenter(colour_model(tmp_path / 'int32.onnx', input_type=TensorProto.INT32))
 
 
 def test_providers_are_checked_and_reported(model):

@@ -22,7 +22,7 @@ from followme_perception.segmenter import DEFAULT_PROVIDERS, GpuSettings, ModelE
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 import onnxruntime as ort
-from perception_models import colour_model, scene
+from perception_models import colour_model, quantize_linear, scene
 import pytest
 import rclpy
 from rclpy.exceptions import InvalidParameterValueException
@@ -170,6 +170,11 @@ def offline_mask(model_path, rgb):
     batch = (small.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0))[None]
     padding = session.get_inputs()[0].shape[3] - 3     # followme.input_pad_channels
     batch = np.concatenate([batch, np.zeros((*batch.shape[:3], padding), np.float32)], axis=3)
+    if session.get_inputs()[0].type == 'tensor(uint8)':
+        # An int8 model takes its input quantized, by ONNX Runtime's own QuantizeLinear here.
+        scale, zero_point = session.get_modelmeta().custom_metadata_map[
+            'followme.input_quantization'].split(',')
+        batch = quantize_linear(batch, float(scale), int(zero_point))
     probs = session.run(None, {'image': batch})[0][0]
     ids = np.argmax(probs, axis=2).astype(np.uint8)
     return cv2.resize(ids, rgb.shape[1::-1], interpolation=cv2.INTER_NEAREST)
@@ -210,11 +215,14 @@ def test_mask_equals_offline_model_for_every_encoding(rig, model_file, encoding,
     assert node.error_counts() == {}
 
 
-def test_a_model_with_a_padding_channel_gives_the_offline_mask(rig, tmp_path):
-    """The int8 models' input: RGB and a channel the network ignores, added by the node."""
-    padded = colour_model(tmp_path / 'padded.onnx', size=NET_SIZE, conv=True, pad_channels=1)
+@pytest.mark.parametrize('quantization', [None, (2 / 255, 128)])
+def test_a_model_with_a_padding_channel_gives_the_offline_mask(rig, tmp_path, quantization):
+    """The int8 models' input: RGB, a channel the network ignores, quantized by a table."""
+    padded = colour_model(tmp_path / 'padded.onnx', size=NET_SIZE, conv=True, pad_channels=1,
+                          input_quantization=quantization)
     node, probe = rig(model_path=str(padded))
     assert node.segmenter.info.pad_channels == 1
+    assert (node.segmenter.info.input_codes is None) == (quantization is None)
     for rgb in sample_frames():
         sec = probe.send(image_msg(rgb))
         probe.detection_for(sec)

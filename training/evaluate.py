@@ -64,14 +64,30 @@ class OnnxPredictor:
                              'python -m training.export') from None
         self.order = [classes.index(name) for name in scoring.CLASSES]
         self.input_name = self.session.get_inputs()[0].name
+        # An int8 model takes its input quantized: the code of each pixel value, as the node
+        # reads it from the model's metadata.
+        self.input_codes = None
+        if self.session.get_inputs()[0].type == 'tensor(uint8)':
+            from followme_perception.segmenter import read_model_info
+            self.input_codes = read_model_info(self.path, self.session).input_codes
         self.metadata = dict(meta)
 
     def model_input(self, images_uint8):
-        """uint8 RGB frames -> the network's float32 input, normalised as the metadata says."""
-        pixels = images_uint8.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        """
+        Turn uint8 RGB frames into the network's input.
+
+        Each pixel value's code for a uint8 input (an int8 model), else float32 normalised
+        as the metadata says; zeros in the padding channels.
+        """
+        if self.input_codes is not None:
+            pixels = self.input_codes[images_uint8]
+        else:
+            pixels = (images_uint8.astype(np.float32) * np.float32(self.scale)
+                      + np.float32(self.offset))
         if self.pad_channels:    # channels the network reads with zero weights
             pixels = np.concatenate(
-                [pixels, np.zeros((*pixels.shape[:-1], self.pad_channels), np.float32)], axis=-1)
+                [pixels, np.zeros((*pixels.shape[:-1], self.pad_channels), pixels.dtype)],
+                axis=-1)
         return pixels
 
     def __call__(self, images_uint8):

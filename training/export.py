@@ -149,9 +149,13 @@ def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds, provider) -
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-    channels = session.get_inputs()[0].shape[3]   # 4 for an int8 model (input_pad_channels)
-    frame = np.random.default_rng(0).uniform(-1, 1, (1, *input_size, channels)).astype(
-        np.float32)
+    # An int8 model takes uint8 pixels and a fourth channel (input_pad_channels).
+    image = session.get_inputs()[0]
+    shape, rng = (1, *input_size, image.shape[3]), np.random.default_rng(0)
+    if image.type == 'tensor(uint8)':
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        frame = rng.uniform(-1, 1, shape).astype(np.float32)
     for _ in range(20):
         session.run(None, {'image': frame})
     busy = other_cpu_busy()

@@ -20,6 +20,12 @@ tf2onnx writes the FCN as Keras built it. Two patterns in it are slow in ONNX Ru
   image input a fourth channel that every convolution reading it multiplies by zero weights;
   the model's `followme.input_pad_channels` metadata tells the node to send one. quantize.py
   applies it to the int8 model only: the float model's convolutions got 2 % slower with it.
+- **Float pixels into an int8 model.** The int8 graph's first step quantizes the normalised
+  float image back to 8 bits, and the node normalised the camera's 8-bit pixels to float only
+  for that: a megabyte of floats written and read per 256x256 frame. `take_uint8_input` makes
+  the input those 8-bit codes; the node looks each pixel value's code up in a 256-entry table
+  (`followme.input_quantization` metadata says how to make it). quantize.py applies it to the
+  int8 model.
 
 All of these are algebra, not approximations: export checks the rewritten graph against Keras
 on real frames like any other. Measured on the shipped models in docs/training.md.
@@ -119,11 +125,57 @@ def _input_walk(model):
 
 def _set_input_channels(model, axis, channels, between):
     model.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = channels
-    # Shapes recorded between the input and the convolutions are now stale (ONNX Runtime
-    # warns about them); shape inference at load time finds them again.
+    _forget_shapes(model, between)
+
+
+def _forget_shapes(model, names):
+    # Types and shapes recorded for these tensors are stale (ONNX Runtime warns about them);
+    # shape inference at load time finds them again.
     for info in list(model.graph.value_info):
-        if info.name in between:
+        if info.name in names:
             model.graph.value_info.remove(info)
+
+
+def take_uint8_input(model: onnx.ModelProto):
+    """
+    Make an int8 graph take its input already quantized: the uint8 codes, not the floats.
+
+    Applies where the float input reaches one per-tensor uint8 QuantizeLinear, through a
+    Transpose to NCHW at most, and that feeds DequantizeLinears only. The QuantizeLinear goes
+    and the input becomes uint8; whoever feeds it must quantize as it did (the node does it
+    with a 256-entry table, followme_perception.segmenter.input_codes). Exact. Returns the
+    removed quantization's (scale, zero point), or None where it does not apply (the model is
+    unchanged).
+    """
+    if len(model.graph.input) != 1:
+        return None
+    graph, source = _Graph(model), model.graph.input[0]
+    if source.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return None
+    readers = graph.consumers(source.name)
+    transposed = None
+    if len(readers) == 1 and readers[0].op_type == 'Transpose' \
+            and _attr(readers[0], 'perm') == _TO_NCHW:
+        transposed = readers[0].output[0]
+        readers = graph.consumers(transposed)
+    if len(readers) != 1 or readers[0].op_type != 'QuantizeLinear':
+        return None
+    quantize = readers[0]
+    if len(quantize.input) < 3 or not (graph.is_scalar(quantize.input[1])
+                                       and graph.is_scalar(quantize.input[2])):
+        return None
+    scale = float(numpy_helper.to_array(graph.constants[quantize.input[1]]))
+    zero_point = numpy_helper.to_array(graph.constants[quantize.input[2]])
+    dequantizers = graph.consumers(quantize.output[0])
+    if zero_point.dtype != np.uint8 or quantize.output[0] in graph.outputs \
+            or not all(n.op_type == 'DequantizeLinear' for n in dequantizers):
+        return None
+    for node in dequantizers:
+        node.input[0] = transposed or source.name
+    graph.remove([quantize])
+    source.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    _forget_shapes(model, [transposed])
+    return scale, int(zero_point)
 
 
 def split_concat_separable(model: onnx.ModelProto) -> int:

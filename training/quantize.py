@@ -12,8 +12,10 @@ when the evaluation sets are there, that the classic score drops by at most --ma
 On a CPU the int8 model runs about twice as fast; the float model stays the reference for
 GPUs and for parity with Keras. The int8 model's image input gets a fourth channel that the
 network ignores (graph_rewrite.pad_input_channels, `followme.input_pad_channels` = 1): ONNX
-Runtime's int8 convolutions are much faster on four input channels than on three. No
-TensorFlow here.
+Runtime's int8 convolutions are much faster on four input channels than on three. It takes its
+input already quantized (graph_rewrite.take_uint8_input, `followme.input_quantization`): the
+node looks the codes up instead of normalising to float for the model to quantize. TensorFlow
+only decodes the frames, in training.data's pipeline; the quantization is ONNX Runtime's.
 """
 
 import argparse
@@ -82,7 +84,12 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
             pad_channels = graph_rewrite.PADDED_INPUT_CHANNELS - graph_rewrite.RGB_CHANNELS
             set_metadata(proto, {**_metadata(proto),
                                  'followme.input_pad_channels': pad_channels})
-            onnx.save(proto, os.fspath(draft))
+        # Exact too: the node feeds the codes the model's QuantizeLinear made (graph_rewrite.py).
+        input_quantization = graph_rewrite.take_uint8_input(proto)
+        if input_quantization:
+            set_metadata(proto, {**_metadata(proto), 'followme.input_quantization':
+                                 '{!r},{}'.format(*input_quantization)})
+        onnx.save(proto, os.fspath(draft))
         int8_model = OnnxPredictor(draft)
         agreement = class_agreement(float_model, int8_model, agreement_images)
         if agreement < min_agreement:
@@ -97,6 +104,8 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
                      'followme.float_agreement': f'{agreement:.6f}'})
     if pad_channels:
         metadata['followme.input_pad_channels'] = pad_channels
+    if input_quantization:
+        metadata['followme.input_quantization'] = '{!r},{}'.format(*input_quantization)
     if calibration:
         metadata['followme.calibration'] = calibration
     set_metadata(proto, metadata)
@@ -128,7 +137,8 @@ def calibration_summary(folders, frames: int) -> str:
 
 
 def write_card_section(card, float_report, int8_report, float_timing, int8_timing,
-                       agreement, output, calibration='training frames', pad_channels=0):
+                       agreement, output, calibration='training frames', pad_channels=0,
+                       quantized_input=False):
     """Put (or replace) the int8 section at the end of the model card."""
     from training.export import describe_timing
     lines = [
@@ -148,6 +158,11 @@ def write_card_section(card, float_report, int8_report, float_timing, int8_timin
                       "in by the node): ONNX Runtime's int8 convolutions over the image run much "
                       'faster on four input channels than on three '
                       '(graph_rewrite.pad_input_channels, exact).', '']
+    if quantized_input:
+        lines[6:6] = ['It takes its input already quantized to uint8 (`followme.input_'
+                      'quantization`, looked up per pixel value by the node): the same codes its '
+                      'first QuantizeLinear made of the normalised floats, without the floats '
+                      '(graph_rewrite.take_uint8_input, exact).', '']
     if float_report and int8_report:
         lines.append(f"| final score | {float_report['final_score']:.4f} | "
                      f"{int8_report['final_score']:.4f} |")
@@ -241,8 +256,10 @@ def main(argv=None):
     print(f"ONNX Runtime ms per frame, median: float {float_timing['median_ms']:.2f}, int8 "
           f"{int8_timing['median_ms']:.2f}; written {output}")
     if args.card:
+        int8_model = OnnxPredictor(output)
         write_card_section(args.card, float_report, int8_report, float_timing, int8_timing,
-                           agreement, output, calibrated_on, OnnxPredictor(output).pad_channels)
+                           agreement, output, calibrated_on, int8_model.pad_channels,
+                           int8_model.input_codes is not None)
 
 
 def _store_score(path, report):
