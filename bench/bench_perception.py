@@ -432,8 +432,8 @@ def bench_classic(keras_model, onnx_path, count, node_model=None,
             ('onnxruntime', lambda b: session.run(None, {'image': b}), batches),
             ('onnxruntime_1_thread', lambda b: single.run(None, {'image': b}), batches)]
     if node_model is not None:
-        # The node's own session and input: an int8 model takes uint8 RGB and a fourth,
-        # ignored channel, made by the node's preprocess stage (timed in its overhead).
+        # The node's own session and input: an int8 model takes the uint8 codes of RGB and a
+        # fourth, ignored channel, made by the node's preprocess stage (timed in its overhead).
         node = Segmenter(node_model, providers=node_providers)
         runs.append(('node_model', _run_on(node), [node.preprocess(i) for i in images]))
         if tuple(node_providers) != ('CPUExecutionProvider',):

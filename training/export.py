@@ -149,7 +149,8 @@ def _ms_per_frame_here(onnx_path, input_size, runs, threads, rounds, provider) -
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-    # An int8 model takes uint8 pixels and a fourth channel (input_pad_channels).
+    # An int8 model takes uint8 codes (input_quantization) and a fourth channel
+    # (input_pad_channels); any codes time the same.
     image = session.get_inputs()[0]
     shape, rng = (1, *input_size, image.shape[3]), np.random.default_rng(0)
     if image.type == 'tensor(uint8)':
