@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import replace
 import math
 from pathlib import Path
+import sys
 import threading
 import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from followme_common import paths
+from followme_common import node_cli, paths
 from followme_common.image_msgs import fill_image, image_to_array, ImageConversionError
 from followme_common.memory import keep_large_buffers
 from followme_common.node_params import float_param as _float, int_param as _int
@@ -491,7 +492,19 @@ def _quaternion(rotation):
     return tuple(float(q) for q in quat)
 
 
+def parse_args(argv):
+    """--help for users; ROS arguments (--ros-args ...) pass through to rclpy."""
+    node_cli.parse_node_args(
+        argv, 'sim_node',
+        'Fly one scenario of the embedded MuJoCo simulator in simulated time: /clock, '
+        'image, depth, camera_info, odom, true_hero_pose, true_mask and /diagnostics out; '
+        'cmd_vel in, and hero_detection and mask to keep in step with the loop and score it. '
+        'Exits when the scenario ends. See docs/simulator.md.',
+        PARAMETERS)
+
+
 def main(args=None):
+    parse_args(sys.argv if args is None else args)
     # rclpy.init() of the Jazzy wheels returns None (no context manager): shut down by hand.
     rclpy.init(args=args)
     try:

@@ -6,7 +6,7 @@ from conftest import spin_until
 from diagnostic_msgs.msg import DiagnosticArray
 from followme_common.image_msgs import image_to_array
 from followme_control.node import ControlNode
-from followme_sim.node import SimNode
+from followme_sim.node import main, SimNode
 from geometry_msgs.msg import PoseStamped, Twist
 from nav_msgs.msg import Odometry
 import pytest
@@ -161,3 +161,11 @@ def test_refuses_bad_parameters(ros, tmp_path):
     assert sim.set_parameters([Parameter('camera_pitch_deg', value=30.0)])[0].successful
     assert sim.settings.camera.pitch_deg == 30.0
     sim.destroy_node()
+
+
+def test_help_lists_the_parameters(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['sim_node', '--help'])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: sim_node') and "scenario (default 'city_walk')" in out
