@@ -78,17 +78,17 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         proto = onnx.load(os.fspath(draft))
+        # The int8 graph's own input contract, for the agreement check and the final file.
+        input_contract = {}
         # Exact, and about 9 % faster on ONNX Runtime's int8 kernels (graph_rewrite.py).
-        pad_channels = 0
         if graph_rewrite.pad_input_channels(proto):
-            pad_channels = graph_rewrite.PADDED_INPUT_CHANNELS - graph_rewrite.RGB_CHANNELS
-            set_metadata(proto, {**_metadata(proto),
-                                 'followme.input_pad_channels': pad_channels})
+            input_contract['followme.input_pad_channels'] = (
+                graph_rewrite.PADDED_INPUT_CHANNELS - graph_rewrite.RGB_CHANNELS)
         # Exact too: the node feeds the codes the model's QuantizeLinear made (graph_rewrite.py).
         input_quantization = graph_rewrite.take_uint8_input(proto)
         if input_quantization:
-            set_metadata(proto, {**_metadata(proto), 'followme.input_quantization':
-                                 '{!r},{}'.format(*input_quantization)})
+            input_contract['followme.input_quantization'] = '{!r},{}'.format(*input_quantization)
+        set_metadata(proto, {**_metadata(proto), **input_contract})
         onnx.save(proto, os.fspath(draft))
         int8_model = OnnxPredictor(draft)
         agreement = class_agreement(float_model, int8_model, agreement_images)
@@ -102,10 +102,7 @@ def quantize(float_path, output, calibration_images, agreement_images, min_agree
     metadata.update({'followme.quantized': 'int8 QDQ, per-channel weights, uint8 activations',
                      'followme.float_model': Path(float_path).name,
                      'followme.float_agreement': f'{agreement:.6f}'})
-    if pad_channels:
-        metadata['followme.input_pad_channels'] = pad_channels
-    if input_quantization:
-        metadata['followme.input_quantization'] = '{!r},{}'.format(*input_quantization)
+    metadata.update(input_contract)
     if calibration:
         metadata['followme.calibration'] = calibration
     set_metadata(proto, metadata)
