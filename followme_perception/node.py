@@ -320,9 +320,9 @@ class PerceptionNode(Node):
         t_convert, cpu_convert = time.monotonic(), time.thread_time()
         batch = self.segmenter.preprocess(rgb)
         t_pre, cpu_pre = time.monotonic(), time.thread_time()
-        probs = self.segmenter.infer(batch)
+        scores = self.segmenter.infer(batch)
         t_infer, cpu_infer = time.monotonic(), time.thread_time()
-        segmentation = self.segmenter.postprocess(probs, rgb.shape[:2])
+        segmentation = self.segmenter.postprocess(scores, rgb.shape[:2])
         with self._lock:
             depth_msg, camera_info = self._depth, self._camera_info
             tolerance, alpha = self._depth_tolerance, self._overlay_alpha

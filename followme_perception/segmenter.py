@@ -10,7 +10,10 @@ RGB and a channel the network reads with zero weights, there because ONNX Runtim
 convolutions run four input channels much faster than three; any value will do in it. A uint8
 input (training/quantize's int8 models) takes the image already quantized: each pixel value's
 code is what the model's own input quantization, `followme.input_quantization` ("scale,zero
-point"), makes of its normalised float (`input_codes`).
+point"), makes of its normalised float (`input_codes`). A uint8 output (the int8 models
+again) holds the classes' logits quantized, `followme.output_quantization` ("scale,zero
+point"), instead of the softmax probabilities: a pixel's class is its largest logit, and the
+hero's probability is taken from the logits only where it is wanted (`HeroProbability`).
 """
 
 import contextlib
@@ -76,12 +79,47 @@ class ModelInfo:
     metadata: dict
     pad_channels: int = 0  # input channels after RGB, ignored by the network
     input_codes: np.ndarray = None  # uint8 input: code per pixel value; None: float input
+    output_quantization: tuple = None  # uint8 logits out: (scale, zero point); None: softmax
+
+
+class HeroProbability:
+    """
+    The hero's softmax probability from a model's quantized logits, worked out where indexed.
+
+    The node reads it over the hero's blob only: a few hundred pixels, where a softmax in the
+    model ran over all 65,536 of a 256x256 grid. Index it like an (h, w) array.
+    """
+
+    def __init__(self, codes, hero_channel, scale):
+        self._codes, self._hero, self._scale = codes, hero_channel, np.float32(scale)
+        self.shape = codes.shape[:2]
+
+    def __getitem__(self, index) -> np.ndarray:
+        logits = self._codes[index].astype(np.float32)
+        # softmax_h = 1 / sum_c exp(l_c - l_h); the zero point cancels in the differences.
+        logits -= logits[..., self._hero, None]
+        logits *= self._scale
+        return np.float32(1.0) / np.exp(logits).sum(axis=-1)
+
+    def __array__(self, dtype=None, copy=None):
+        probability = self[...]
+        return probability if dtype is None else probability.astype(dtype)
+
+
+def softmax_of_codes(codes, scale) -> np.ndarray:
+    """Probabilities (float32) from quantized logits, over the last axis (zero point cancels)."""
+    logits = codes.astype(np.float32)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logits *= np.float32(scale)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=-1, keepdims=True)
+    return logits
 
 
 @dataclass
 class Segmentation:
     net_ids: np.ndarray     # (h, w) uint8 class ids on the network grid
-    hero_prob: np.ndarray   # (h, w) float32 hero probability on the network grid
+    hero_prob: np.ndarray   # (h, w) hero probability on the network grid (or HeroProbability)
     size: tuple             # (H, W) the input resolution
 
     def class_ids(self, out=None) -> np.ndarray:
@@ -138,29 +176,34 @@ def read_model_info(path, session) -> ModelInfo:
     out_shape = outputs[0].shape
     if len(out_shape) != 4 or out_shape[3] != len(classes):
         raise ModelError(f'{path}: output shape {out_shape}; expected NHWC [N, H, W, '
-                         f'{len(classes)}] softmax probabilities')
-    codes = None
+                         f'{len(classes)}] softmax probabilities (or quantized logits)')
+    if outputs[0].type not in ('tensor(float)', 'tensor(uint8)'):
+        raise ModelError(f'{path}: output type is {outputs[0].type}, expected tensor(float) '
+                         '(softmax probabilities) or tensor(uint8) (quantized logits)')
+    codes = output_quantization = None
     if inputs[0].type == 'tensor(uint8)':
-        codes = input_codes(scale, offset, *_input_quantization(path, meta))
+        codes = input_codes(scale, offset, *_quantization(path, meta, 'input', 'takes'))
+    if outputs[0].type == 'tensor(uint8)':
+        output_quantization = _quantization(path, meta, 'output', 'gives its logits in')
     return ModelInfo(Path(path), inputs[0].name, height, width, scale, offset, classes, meta,
-                     pad_channels, codes)
+                     pad_channels, codes, output_quantization)
 
 
-def _input_quantization(path, meta):
-    text = meta.get('followme.input_quantization')
+def _quantization(path, meta, side, what):
+    key = f'followme.{side}_quantization'
+    text = meta.get(key)
     if text is None:
-        raise ModelError(f'{path}: a uint8 input needs followme.input_quantization ("scale,zero '
-                         'point" of the quantization it takes); make int8 models with python -m '
+        raise ModelError(f'{path}: a uint8 {side} needs {key} ("scale,zero point" of the '
+                         f'quantization it {what}); make int8 models with python -m '
                          'training.quantize')
     try:
         scale, zero_point = text.split(',')
         scale, zero_point = float(scale), int(zero_point)
     except ValueError:
-        raise ModelError(f'{path}: followme.input_quantization is {text!r}, expected "scale,'
-                         'zero point"') from None
+        raise ModelError(f'{path}: {key} is {text!r}, expected "scale,zero point"') from None
     if not (scale > 0.0 and 0 <= zero_point <= 255):
-        raise ModelError(f'{path}: followme.input_quantization {text!r} needs a positive scale '
-                         'and a zero point in 0..255')
+        raise ModelError(f'{path}: {key} {text!r} needs a positive scale and a zero point in '
+                         '0..255')
     return scale, zero_point
 
 
@@ -287,19 +330,38 @@ class Segmenter:
         return pixels
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(1, h, w, channels) network input -> (h, w, C) probabilities, in model order."""
-        probs = self.session.run(None, {self.info.input_name: batch})[0][0]
+        """
+        (1, h, w, channels) network input -> (h, w, C) scores, in model order.
+
+        The scores are the model's output: float probabilities, or uint8 quantized logits from
+        an int8 model. Flip-averaged, they are always probabilities (the mean of the two).
+        """
+        scores = self.session.run(None, {self.info.input_name: batch})[0][0]
         if self.flip_average:
             mirrored = np.ascontiguousarray(batch[:, :, ::-1])
-            probs += self.session.run(None, {self.info.input_name: mirrored})[0][0][:, ::-1]
+            probs = self.probabilities(scores)
+            probs += self.probabilities(
+                self.session.run(None, {self.info.input_name: mirrored})[0][0])[:, ::-1]
             probs *= np.float32(0.5)
-        return probs
+            return probs
+        return scores
 
-    def postprocess(self, probs: np.ndarray, size) -> Segmentation:
-        """Probabilities at network size -> class ids and hero probability, for input `size`."""
-        channels = _argmax3(probs)
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Return the model's output as float32 probabilities, a softmax where they are logits."""
+        if scores.dtype == np.uint8:
+            return softmax_of_codes(scores, self.info.output_quantization[0])
+        return scores.astype(np.float32, copy=True)
+
+    def postprocess(self, scores: np.ndarray, size) -> Segmentation:
+        """Scores at network size -> class ids and hero probability, for input `size`."""
+        # The largest logit is the most probable class: no softmax for the ids.
+        channels = _argmax3(scores)
         net_ids = channels if self._identity_order else self._channel_to_id[channels]
-        return Segmentation(net_ids, probs[:, :, self._hero_channel], tuple(size))
+        if scores.dtype == np.uint8:
+            hero = HeroProbability(scores, self._hero_channel, self.info.output_quantization[0])
+        else:
+            hero = scores[:, :, self._hero_channel]
+        return Segmentation(net_ids, hero, tuple(size))
 
     def segment(self, rgb: np.ndarray) -> Segmentation:
         return self.postprocess(self.infer(self.preprocess(rgb)), rgb.shape[:2])

@@ -15,7 +15,8 @@ CLASSIC_OFFSET = -1.0
 
 def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0,
                  metadata=None, channels_first=False, batch='N', conv=False, pad_channels=0,
-                 input_quantization=None, input_type=None):
+                 input_quantization=None, input_type=None, output_quantization=None,
+                 output_type=None):
     """Write the colour-class model to `path` and return the path.
 
     `classes` names the output channels in order; channel i is driven by colour channel
@@ -27,6 +28,10 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
     `input_quantization` (scale, zero point) makes the input uint8 codes of that quantization,
     dequantized first, as the int8 models take it (`input_type`: another element type for the
     input, for a model that does not fit).
+    `output_quantization` (scale, zero point) makes the output the logits quantized to uint8
+    by ONNX Runtime's QuantizeLinear, no softmax, as the int8 models give them (`output_type`:
+    another element type for the output, cast from the probabilities, a model that does not
+    fit).
     """
     height, width = size
     colour_of = {'background': 0, 'others': 1, 'hero': 2}
@@ -47,7 +52,16 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
         nodes = [helper.make_node('MatMul', ['pixels', 'weights'], ['logits'])]
         initializer = helper.make_tensor('weights', TensorProto.FLOAT, [channels, 3],
                                          weights.ravel())
-    nodes.append(helper.make_node('Softmax', ['logits'], ['probabilities'], axis=-1))
+    output, output_elem = 'probabilities', TensorProto.FLOAT
+    if output_quantization:
+        output, output_elem = 'logit_codes', TensorProto.UINT8
+        nodes.append(helper.make_node('QuantizeLinear', ['logits', 'l_scale', 'l_zero'],
+                                      [output]))
+    else:
+        nodes.append(helper.make_node('Softmax', ['logits'], ['probabilities'], axis=-1))
+    if output_type is not None:
+        output, output_elem = 'cast', output_type
+        nodes.append(helper.make_node('Cast', ['probabilities'], [output], to=output_type))
     if channels_first:
         shape = [batch, channels, height, width]
         nodes.insert(0, helper.make_node('Transpose', ['image'], ['pixels'], perm=[0, 2, 3, 1]))
@@ -56,6 +70,11 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
         if not conv:
             nodes.insert(0, helper.make_node('Identity', ['image'], ['pixels']))
     initializers = [initializer]
+    if output_quantization:
+        initializers += [helper.make_tensor('l_scale', TensorProto.FLOAT, [],
+                                            [output_quantization[0]]),
+                         helper.make_tensor('l_zero', TensorProto.UINT8, [],
+                                            [output_quantization[1]])]
     if input_quantization:
         nodes[0].input[0] = 'dequantized'
         nodes.insert(0, helper.make_node('DequantizeLinear', ['image', 'q_scale', 'q_zero'],
@@ -72,8 +91,7 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
         'followme_colour_fcn',
         [helper.make_tensor_value_info('image', input_type or (
             TensorProto.UINT8 if input_quantization else TensorProto.FLOAT), shape)],
-        [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT,
-                                       [batch, height, width, 3])],
+        [helper.make_tensor_value_info(output, output_elem, [batch, height, width, 3])],
         initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)],
                               producer_name='followme-tests')
@@ -87,6 +105,8 @@ def colour_model(path, size=(64, 64), classes='background,others,hero', gain=8.0
             metadata['followme.input_pad_channels'] = str(pad_channels)
         if input_quantization:
             metadata['followme.input_quantization'] = '{!r},{}'.format(*input_quantization)
+        if output_quantization:
+            metadata['followme.output_quantization'] = '{!r},{}'.format(*output_quantization)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

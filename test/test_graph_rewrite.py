@@ -1,6 +1,6 @@
 """training/graph_rewrite.py on small hand-built graphs, run by real ONNX Runtime (no TF)."""
 
-from followme_perception.segmenter import input_codes
+from followme_perception.segmenter import input_codes, softmax_of_codes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, TensorProto
@@ -226,3 +226,68 @@ def test_a_quantized_input_where_it_does_not_apply():
     before = model.SerializeToString()
     assert graph_rewrite.take_uint8_input(model) is None
     assert model.SerializeToString() == before
+
+
+def qdq_head(softmax_axis=1, transposed=True):
+    """Build the int8 FCN's head: an int8 1x1 classes conv, Q/DQ, softmax, Q/DQ, to NHWC."""
+    def qdq(x, name, scale, zero_point):
+        inits.extend([numpy_helper.from_array(np.array(scale, np.float32), f'{name}_s'),
+                      numpy_helper.from_array(np.array(zero_point, np.uint8), f'{name}_z')])
+        nodes.extend([
+            helper.make_node('QuantizeLinear', [x, f'{name}_s', f'{name}_z'], [f'{name}_q']),
+            helper.make_node('DequantizeLinear', [f'{name}_q', f'{name}_s', f'{name}_z'],
+                             [f'{name}_dq'])])
+        return f'{name}_dq'
+    nodes, inits = [], [numpy_helper.from_array(
+        RNG.normal(size=(3, 5, 1, 1)).astype(np.float32), 'classes_w')]
+    nodes.append(helper.make_node('Conv', [qdq('x', 'features', 0.02, 128), 'classes_w'],
+                                  ['classes'], kernel_shape=[1, 1]))
+    nodes.append(helper.make_node('Softmax', [qdq('classes', 'logits', 0.05, 120)], ['probs'],
+                                  axis=softmax_axis))
+    probs = qdq('probs', 'probs', 1 / 255, 0)
+    if transposed:
+        nodes.append(helper.make_node('Transpose', [probs], ['nhwc'], perm=[0, 2, 3, 1]))
+        probs = qdq('nhwc', 'out', 1 / 255, 0)
+    graph = helper.make_graph(nodes, 'head', [helper.make_tensor_value_info(
+        'x', TensorProto.FLOAT, ['batch', 5, 8, 8])], [helper.make_tensor_value_info(
+            probs, TensorProto.FLOAT, [None] * 4)], inits)
+    return as_model(graph)
+
+
+def test_logits_out_keep_every_pixels_class_and_give_the_probabilities_back():
+    """take_logits_output on the int8 head: same argmax, softmax of the codes = the output."""
+    model = qdq_head()
+    x = RNG.normal(size=(2, 5, 8, 8)).astype(np.float32) * 3
+    probs = run(model, x)[0]
+    assert graph_rewrite.take_logits_output(model) == (pytest.approx(0.05), 120)
+    onnx.checker.check_model(model, full_check=True)
+    assert 'Softmax' not in {node.op_type for node in model.graph.node}
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.UINT8
+    codes = run(model, x)[0]
+    assert codes.dtype == np.uint8 and codes.shape == probs.shape == (2, 8, 8, 3)
+    # The model's probabilities came in steps of 1/255 from ONNX Runtime's int8 softmax, which
+    # rounds on its own too: the float softmax of the same logits lies within two steps, and
+    # ranks the classes as the model did.
+    np.testing.assert_allclose(softmax_of_codes(codes, 0.05), probs, atol=2 / 255)
+    np.testing.assert_array_equal(np.argmax(codes, -1), np.argmax(probs, -1))
+    assert graph_rewrite.take_logits_output(model) is None         # no softmax left
+    # A softmax over the channels of an NHWC head, with nothing after it, goes the same way.
+    nhwc = qdq_head(softmax_axis=-1, transposed=False)
+    assert graph_rewrite.take_logits_output(nhwc) == (pytest.approx(0.05), 120)
+    assert nhwc.graph.output[0].type.tensor_type.elem_type == TensorProto.UINT8
+
+
+def test_logits_out_where_it_does_not_apply():
+    # A softmax over a spatial axis, a float softmax (no quantized logits), a softmax whose
+    # probabilities are also read elsewhere: the model is left as it is.
+    over_width = qdq_head(softmax_axis=3)
+    b = Builder()
+    float_head = b.model(b.op('Softmax', [b.conv('x', [3, 3, 1, 1], 'c')], 'p', axis=1))
+    read_twice = qdq_head()
+    read_twice.graph.node.append(helper.make_node('Identity', ['probs'], ['probs_copy']))
+    read_twice.graph.output.append(helper.make_tensor_value_info('probs_copy', TensorProto.FLOAT,
+                                                                 [None] * 4))
+    for model in (over_width, float_head, read_twice):
+        before = model.SerializeToString()
+        assert graph_rewrite.take_logits_output(model) is None
+        assert model.SerializeToString() == before

@@ -10,8 +10,9 @@ from followme_perception.detection import (FIELDS, HeroDetection, INDEX, Intrins
 from followme_perception.hero import camera_info_region, HeroLocator, Intrinsics
 from followme_perception.overlay import encode_jpeg, tint
 from followme_perception.segmenter import (_argmax3, _provider_options, DEFAULT_PROVIDERS,
-                                           GpuSettings, input_codes, ModelError, Segmentation,
-                                           Segmenter, tensorrt_cache_folder)
+                                           GpuSettings, HeroProbability, input_codes, ModelError,
+                                           Segmentation, Segmenter, softmax_of_codes,
+                                           tensorrt_cache_folder)
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -46,8 +47,9 @@ def test_flip_average_is_the_mean_of_the_frame_and_its_mirror():
     plain = Segmenter(shipped, warmup_runs=0)
     averaged = Segmenter(shipped, warmup_runs=0, flip_average=True)
     batch = plain.preprocess(scene()[0])
-    direct = plain.infer(batch.copy())
-    mirrored = plain.infer(np.ascontiguousarray(batch[:, :, ::-1]))[:, ::-1]
+    # The int8 model gives quantized logits: averaged as probabilities.
+    direct = plain.probabilities(plain.infer(batch.copy()))
+    mirrored = plain.probabilities(plain.infer(np.ascontiguousarray(batch[:, :, ::-1])))[:, ::-1]
     assert not np.allclose(direct, mirrored, atol=1e-3)  # so the test can tell
     np.testing.assert_allclose(averaged.infer(batch), (direct + mirrored) / 2, atol=1e-6)
 
@@ -233,6 +235,56 @@ def test_a_quantized_input_model_gets_the_codes_of_its_own_quantization(tmp_path
                 quantization), metadata={**contract, 'followme.input_quantization': value}))
     with pytest.raises(ModelError, match=r'tensor\(int32\).*tensor\(float\).*tensor\(uint8\)'):
         Segmenter(colour_model(tmp_path / 'int32.onnx', input_type=TensorProto.INT32))
+
+
+def test_a_quantized_logits_model_gives_the_same_classes_and_the_hero_softmax(tmp_path, model):
+    """The int8 models' output: uint8 logits, no softmax; the hero's taken where it is read."""
+    quantization = (0.25, 100)
+    logits = Segmenter(colour_model(tmp_path / 'logits.onnx', size=(48, 64), conv=True,
+                                    output_quantization=quantization), warmup_runs=1)
+    plain = Segmenter(model, warmup_runs=1)
+    assert logits.info.output_quantization == quantization
+    assert plain.info.output_quantization is None
+    rgb = scene()[0]
+    rgb[100:110, 150:170] = (90, 60, 120)    # a patch where no class is sure
+    got, want = logits.segment(rgb), plain.segment(rgb)
+    np.testing.assert_array_equal(got.net_ids, want.net_ids)
+    # The hero's softmax of the quantized logits, where indexed as the locator indexes it,
+    # and as a whole array; the colour model's own probabilities to within the logits' steps.
+    hero = got.hero_prob
+    assert isinstance(hero, HeroProbability) and hero.shape == (48, 64)
+    codes = logits.infer(logits.preprocess(rgb))
+    exact = softmax_of_codes(codes, 0.25)[..., 2]
+    ys, xs = np.nonzero(got.net_ids == 2)
+    np.testing.assert_allclose(hero[ys, xs], exact[ys, xs], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(hero), exact, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(hero), want.hero_prob, atol=0.1)
+    dequantized = (codes.astype(np.float64) - 100) * 0.25
+    np.testing.assert_allclose(exact, np.exp(dequantized[..., 2])
+                               / np.exp(dequantized).sum(-1), rtol=1e-5)
+    # The confidence the detection summary reports reads it like the float model's array.
+    locator = HeroLocator(min_pixels=1)
+    assert locator.locate(got.net_ids, hero).detection.confidence == pytest.approx(
+        locator.locate(want.net_ids, want.hero_prob).detection.confidence, abs=0.02)
+    # Flip-averaged, both outputs become probabilities first: the mean of two softmaxes.
+    flipped = Segmenter(logits.info.path, warmup_runs=0, flip_average=True)
+    scores = flipped.infer(flipped.preprocess(rgb))
+    mirrored = logits.infer(logits.preprocess(np.ascontiguousarray(rgb[:, ::-1])))
+    np.testing.assert_allclose(scores, (softmax_of_codes(codes, 0.25) + softmax_of_codes(
+        mirrored, 0.25)[:, ::-1]) / 2, rtol=1e-6)
+    # A uint8 output without its quantization, with a bad one, or another output type: refused.
+    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
+                'followme.input_offset': repr(CLASSIC_OFFSET),
+                'followme.classes': 'background,others,hero'}
+    with pytest.raises(ModelError, match='needs followme.output_quantization.*training.quantize'):
+        Segmenter(colour_model(tmp_path / 'bare.onnx', size=(48, 64), metadata=contract,
+                               output_quantization=quantization))
+    for value in ('0.25', '0.25,256', '0,100', 'a,b'):
+        with pytest.raises(ModelError, match='output_quantization'):
+            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), output_quantization=(
+                quantization), metadata={**contract, 'followme.output_quantization': value}))
+    with pytest.raises(ModelError, match=r'output type is tensor\(int32\)'):
+        Segmenter(colour_model(tmp_path / 'int32.onnx', output_type=TensorProto.INT32))
 
 
 def test_providers_are_checked_and_reported(model):

@@ -52,8 +52,8 @@ def test_int8_model_agrees_with_float_and_keeps_the_contract(tmp_path):
                 == np.argmax(OnnxPredictor(int8_path)(frames), -1)))
 
 
-def test_an_int8_model_on_the_image_takes_quantized_input_and_a_padding_channel(tmp_path):
-    """As the FCN's: the int8 file takes uint8 codes of RGB + one ignored channel, and says so."""
+def test_an_int8_model_on_the_image_takes_quantized_input_and_gives_quantized_logits(tmp_path):
+    """As the FCN's: uint8 codes of RGB + one ignored channel in, uint8 logits out, said so."""
     float_path = colour_model(tmp_path / 'float.onnx', conv=True)
     int8_path = tmp_path / 'int8.onnx'
     quantize(float_path, int8_path, _frames(16), _frames(8, seed=1))
@@ -64,12 +64,21 @@ def test_an_int8_model_on_the_image_takes_quantized_input_and_a_padding_channel(
     assert meta['followme.input_pad_channels'] == '1'
     scale, zero_point = meta['followme.input_quantization'].split(',')
     assert float(scale) > 0 and 0 <= int(zero_point) <= 255
+    scale, zero_point = meta['followme.output_quantization'].split(',')
+    assert float(scale) > 0 and 0 <= int(zero_point) <= 255
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert 'Softmax' not in {node.op_type for node in model.graph.node}
     assert onnx.load(float_path).graph.input[0].type.tensor_type.shape.dim[3].dim_value == 3
     frames = _frames(4, seed=2)
     int8 = OnnxPredictor(int8_path)
     assert int8.model_input(frames).shape == (4, 64, 64, 4)
     assert int8.model_input(frames).dtype == np.uint8
     assert class_agreement(OnnxPredictor(float_path), int8, frames) >= 0.99
+    # Scored on probabilities all the same: the softmax of its logits.
+    probabilities = int8(frames)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities, OnnxPredictor(float_path)(frames), atol=0.1)
     # The node reads it: the segmenter adds the channel itself.
     segmenter = Segmenter(int8_path, warmup_runs=1)
     assert segmenter.info.pad_channels == 1 and segmenter.info.input_codes is not None

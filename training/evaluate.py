@@ -52,25 +52,21 @@ class OnnxPredictor:
         if self.provider != provider:
             raise ValueError(f'ONNX Runtime could not start {provider} (it fell back to '
                              f'{self.provider})')
-        meta = self.session.get_modelmeta().custom_metadata_map
+        # The node's own reading of the model contract; its errors as the CLIs catch them.
+        from followme_perception.segmenter import ModelError, read_model_info
         try:
-            self.input_size = tuple(int(v) for v in meta['followme.input_size'].split(','))
-            self.scale = float(meta['followme.input_scale'])
-            self.offset = float(meta['followme.input_offset'])
-            classes = meta['followme.classes'].split(',')
-            self.pad_channels = int(meta.get('followme.input_pad_channels', 0))
-        except KeyError as err:
-            raise ValueError(f'{self.path} lacks the metadata key {err}: export it with '
-                             'python -m training.export') from None
-        self.order = [classes.index(name) for name in scoring.CLASSES]
-        self.input_name = self.session.get_inputs()[0].name
-        # An int8 model takes its input quantized: the code of each pixel value, as the node
-        # reads it from the model's metadata.
-        self.input_codes = None
-        if self.session.get_inputs()[0].type == 'tensor(uint8)':
-            from followme_perception.segmenter import read_model_info
-            self.input_codes = read_model_info(self.path, self.session).input_codes
-        self.metadata = dict(meta)
+            info = read_model_info(self.path, self.session)
+        except ModelError as error:
+            raise ValueError(str(error)) from None
+        self.input_size = (info.height, info.width)
+        self.scale, self.offset, self.pad_channels = info.scale, info.offset, info.pad_channels
+        self.order = [info.classes.index(name) for name in scoring.CLASSES]
+        self.input_name = info.input_name
+        # An int8 model takes its input quantized (each pixel value's code) and gives its
+        # logits quantized: scored on their softmax, as from a float model.
+        self.input_codes = info.input_codes
+        self._output_scale = info.output_quantization and info.output_quantization[0]
+        self.metadata = info.metadata
 
     def model_input(self, images_uint8):
         """
@@ -91,8 +87,11 @@ class OnnxPredictor:
         return pixels
 
     def __call__(self, images_uint8):
-        probs = self.session.run(None, {self.input_name: self.model_input(images_uint8)})[0]
-        return probs[..., self.order]
+        scores = self.session.run(None, {self.input_name: self.model_input(images_uint8)})[0]
+        if self._output_scale:
+            from followme_perception.segmenter import softmax_of_codes
+            scores = softmax_of_codes(scores, self._output_scale)
+        return scores[..., self.order]
 
 
 class KerasPredictor:

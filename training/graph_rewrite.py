@@ -26,8 +26,14 @@ tf2onnx writes the FCN as Keras built it. Two patterns in it are slow in ONNX Ru
   the input those 8-bit codes; the node looks each pixel value's code up in a 256-entry table
   (`followme.input_quantization` metadata says how to make it). quantize.py applies it to the
   int8 model.
+- **A softmax at the end of an int8 model.** The node takes each pixel's class (the largest
+  logit wins either way) and the hero's probability only over the hero's blob, yet
+  `QLinearSoftmax` ran over every pixel: 5 % of the int8 model's time. `take_logits_output`
+  makes the output the 8-bit logits the softmax read (`followme.output_quantization` says how
+  to read them); whoever needs probabilities takes the softmax where it needs them.
 
-All of these are algebra, not approximations: export checks the rewritten graph against Keras
+All of these are algebra, not approximations (the last keeps each pixel's class and hands the
+softmax on): export checks the rewritten graph against Keras
 on real frames like any other. Measured on the shipped models in docs/training.md.
 """
 
@@ -42,8 +48,9 @@ THIN_CHANNELS = 4
 RGB_CHANNELS = 3
 # What `pad_input_channels` pads the RGB input to.
 PADDED_INPUT_CHANNELS = 4
-# NHWC -> NCHW, as tf2onnx transposes a Keras model's input.
+# NHWC -> NCHW, as tf2onnx transposes a Keras model's input, and back for its output.
 _TO_NCHW = [0, 3, 1, 2]
+_TO_NHWC = [0, 2, 3, 1]
 
 
 def speed_up(model: onnx.ModelProto) -> dict:
@@ -175,6 +182,63 @@ def take_uint8_input(model: onnx.ModelProto):
     graph.remove([quantize])
     source.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     _forget_shapes(model, [transposed])
+    return scale, int(zero_point)
+
+
+def take_logits_output(model: onnx.ModelProto):
+    """
+    Make an int8 graph give the 8-bit logits its final softmax reads, not the probabilities.
+
+    Applies where the one output comes from a Softmax over the channels through Quantize /
+    DequantizeLinears and a Transpose to NHWC at most, and the Softmax reads a per-tensor
+    uint8 DequantizeLinear. Those uint8 codes, transposed to NHWC where the Softmax ran in
+    NCHW, become the output `logits`; the Softmax and all after it go. Each pixel's largest
+    logit is its most probable class, and the reader gets the probabilities back as
+    softmax(scale * (codes - zero point)) where it wants them. Returns the logits' (scale,
+    zero point), or None where it does not apply (the model is unchanged).
+    """
+    if len(model.graph.output) != 1:
+        return None
+    graph, output = _Graph(model), model.graph.output[0]
+    producer = {name: node for node in model.graph.node for name in node.output}
+    tail, transposed = [], False
+    node = producer.get(output.name)
+    passing = ('QuantizeLinear', 'DequantizeLinear', 'Transpose')
+    while node is not None and node.op_type in passing:
+        if node.op_type == 'Transpose':
+            if transposed or _attr(node, 'perm') != _TO_NHWC:
+                return None
+            transposed = True
+        tail.insert(0, node)
+        node = producer.get(node.input[0])
+    softmax = node
+    if softmax is None or softmax.op_type != 'Softmax' \
+            or _attr(softmax, 'axis', -1) not in ((1,) if transposed else (3, -1)):
+        return None
+    chain = [softmax] + tail
+    if any(graph.only_consumer(node) is not after for node, after in zip(chain, chain[1:])):
+        return None
+    dequantize = producer.get(softmax.input[0])
+    if dequantize is None or dequantize.op_type != 'DequantizeLinear' \
+            or len(dequantize.input) < 3 or not (graph.is_scalar(dequantize.input[1])
+                                                 and graph.is_scalar(dequantize.input[2])):
+        return None
+    scale = float(numpy_helper.to_array(graph.constants[dequantize.input[1]]))
+    zero_point = numpy_helper.to_array(graph.constants[dequantize.input[2]])
+    if zero_point.dtype != np.uint8:
+        return None
+    codes, logits = dequantize.input[0], graph.fresh('logits')
+    graph.insert_before(softmax, [helper.make_node(
+        'Transpose', [codes], [logits], perm=_TO_NHWC, name=graph.fresh('logits_to_nhwc'))
+        if transposed else helper.make_node('Identity', [codes], [logits],
+                                            name=graph.fresh('logits'))])
+    graph.remove(chain)
+    if not graph.consumers(dequantize.output[0]):
+        graph.remove([dequantize])
+    graph.drop_unused_constants()
+    output.name = logits
+    output.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    _forget_shapes(model, [n for node in chain + [dequantize] for n in node.output])
     return scale, int(zero_point)
 
 
