@@ -22,6 +22,10 @@ from perception_models import (CLASSIC_OFFSET, CLASSIC_SCALE, colour_model, quan
 import pytest
 
 FRAME = (240, 320)
+# The model contract's metadata for a 48x64 colour model, without the optional entries.
+CONTRACT = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
+            'followme.input_offset': repr(CLASSIC_OFFSET),
+            'followme.classes': 'background,others,hero'}
 
 
 @pytest.fixture
@@ -177,19 +181,16 @@ def test_a_padded_input_model_gets_its_ignored_channel(tmp_path, model):
 
     # Four input channels without the metadata that says one is padding, or the reverse, or
     # a padding this node cannot fill: refused, with the reason.
-    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
-                'followme.input_offset': repr(CLASSIC_OFFSET),
-                'followme.classes': 'background,others,hero'}
     with pytest.raises(ModelError, match=r'\[N, H, W, 3\] \(RGB\)'):
         Segmenter(colour_model(tmp_path / 'rgbd.onnx', size=(48, 64), pad_channels=1,
-                               metadata=contract))
+                               metadata=CONTRACT))
     with pytest.raises(ModelError, match=r'\[N, H, W, 4\] \(RGB and 1 padding channel\)'):
         Segmenter(colour_model(tmp_path / 'three.onnx', size=(48, 64), metadata={
-            **contract, 'followme.input_pad_channels': '1'}))
+            **CONTRACT, 'followme.input_pad_channels': '1'}))
     for value in ('2', 'one'):
         with pytest.raises(ModelError, match='input_pad_channels.*expected 0 or 1'):
             Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), metadata={
-                **contract, 'followme.input_pad_channels': value}))
+                **CONTRACT, 'followme.input_pad_channels': value}))
 
 
 def test_a_quantized_input_model_gets_the_codes_of_its_own_quantization(tmp_path, model):
@@ -222,19 +223,6 @@ def test_a_quantized_input_model_gets_the_codes_of_its_own_quantization(tmp_path
     wide[:, :64] = cv2.resize(rgb, (64, 48))
     np.testing.assert_array_equal(unpadded.segment(wide[:, :64]).net_ids,
                                   unpadded.segment(wide[:, :64].copy()).net_ids)
-    # A uint8 input without its quantization, with a bad one, or another input type: refused.
-    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
-                'followme.input_offset': repr(CLASSIC_OFFSET),
-                'followme.classes': 'background,others,hero'}
-    with pytest.raises(ModelError, match='needs followme.input_quantization.*training.quantize'):
-        Segmenter(colour_model(tmp_path / 'bare.onnx', size=(48, 64), metadata=contract,
-                               input_quantization=quantization))
-    for value in ('0.0078', '0.0078,300', '-1,128', 'a,b'):
-        with pytest.raises(ModelError, match='input_quantization'):
-            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), input_quantization=(
-                quantization), metadata={**contract, 'followme.input_quantization': value}))
-    with pytest.raises(ModelError, match=r'tensor\(int32\).*tensor\(float\).*tensor\(uint8\)'):
-        Segmenter(colour_model(tmp_path / 'int32.onnx', input_type=TensorProto.INT32))
 
 
 def test_a_quantized_logits_model_gives_the_same_classes_and_the_hero_softmax(tmp_path, model):
@@ -272,19 +260,21 @@ def test_a_quantized_logits_model_gives_the_same_classes_and_the_hero_softmax(tm
     mirrored = logits.infer(logits.preprocess(np.ascontiguousarray(rgb[:, ::-1])))
     np.testing.assert_allclose(scores, (softmax_of_codes(codes, 0.25) + softmax_of_codes(
         mirrored, 0.25)[:, ::-1]) / 2, rtol=1e-6)
-    # A uint8 output without its quantization, with a bad one, or another output type: refused.
-    contract = {'followme.input_size': '48,64', 'followme.input_scale': repr(CLASSIC_SCALE),
-                'followme.input_offset': repr(CLASSIC_OFFSET),
-                'followme.classes': 'background,others,hero'}
-    with pytest.raises(ModelError, match='needs followme.output_quantization.*training.quantize'):
-        Segmenter(colour_model(tmp_path / 'bare.onnx', size=(48, 64), metadata=contract,
-                               output_quantization=quantization))
-    for value in ('0.25', '0.25,256', '0,100', 'a,b'):
-        with pytest.raises(ModelError, match='output_quantization'):
-            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), output_quantization=(
-                quantization), metadata={**contract, 'followme.output_quantization': value}))
-    with pytest.raises(ModelError, match=r'output type is tensor\(int32\)'):
-        Segmenter(colour_model(tmp_path / 'int32.onnx', output_type=TensorProto.INT32))
+
+
+@pytest.mark.parametrize('side', ['input', 'output'])
+def test_a_uint8_side_needs_a_valid_quantization_and_other_types_are_refused(tmp_path, side):
+    key, quantized = f'followme.{side}_quantization', {f'{side}_quantization': (0.25, 100)}
+    with pytest.raises(ModelError, match=f'needs {key}.*training.quantize'):
+        Segmenter(colour_model(tmp_path / 'bare.onnx', size=(48, 64), metadata=CONTRACT,
+                               **quantized))
+    for value in ('0.25', '0.25,256', '0,100', '-1,128', 'a,b'):
+        with pytest.raises(ModelError, match=key):
+            Segmenter(colour_model(tmp_path / 'odd.onnx', size=(48, 64), **quantized,
+                                   metadata={**CONTRACT, key: value}))
+    with pytest.raises(ModelError, match=fr'{side} type is tensor\(int32\).*tensor\(float\).*'
+                                         r'tensor\(uint8\)'):
+        Segmenter(colour_model(tmp_path / 'int32.onnx', **{f'{side}_type': TensorProto.INT32}))
 
 
 def test_providers_are_checked_and_reported(model):
