@@ -1,7 +1,7 @@
 """
 Exact rewrites of an exported ONNX graph that ONNX Runtime runs faster on the CPU. No TensorFlow.
 
-tf2onnx writes the FCN as Keras built it. Two patterns in it are slow in ONNX Runtime 1.32:
+tf2onnx writes the FCN as Keras built it. These patterns in it are slow in ONNX Runtime 1.32:
 
 - **A channel concatenation feeding a separable convolution** (every decoder block). In the
   NHWC layout ONNX Runtime uses, concatenating channels copies a few bytes per pixel, and the
@@ -33,8 +33,8 @@ tf2onnx writes the FCN as Keras built it. Two patterns in it are slow in ONNX Ru
   to read them); whoever needs probabilities takes the softmax where it needs them.
 
 All of these are algebra, not approximations (the last keeps each pixel's class and hands the
-softmax on): export checks the rewritten graph against Keras
-on real frames like any other. Measured on the shipped models in docs/training.md.
+softmax on): export checks the rewritten graph against Keras on real frames like any other.
+Measured on the shipped models in docs/training.md.
 """
 
 import itertools
