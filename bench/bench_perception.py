@@ -12,7 +12,10 @@ a viewer subscribed to the images, as rviz would be.
 2. throughput: 640x480 rgb8 at 30 Hz for a while; frames in, processed, dropped, and the
    latency (image stamp -> detection summary received) early and late in the run;
 3. classic: the same network run per frame with Keras `model.predict` (the classic approach)
-   and with ONNX Runtime, side by side, on the same frames;
+   and with ONNX Runtime, side by side, on the same frames, in turns: a block of frames each,
+   several rounds over, so that a slow stretch of the machine falls on both alike; each round
+   gives Keras against the node's model, and the median of those ratios is reported with
+   their range;
 4. overlay cost: 640x480 at 30 Hz again, with a fresh node each time, nobody viewing the
    overlay, the overlay viewed with every frame, viewed with `overlay_max_rate` 10 Hz, and only
    its JPEG (`mask_overlay/compressed`, as rviz on another machine) viewed: the worker's CPU
@@ -71,13 +74,18 @@ def parse_args(argv=None):
                              "converts the others to RGB in its convert stage; 'jpeg' sends "
                              'CompressedImage (quality 80) on image/compressed, with the '
                              "node's image_transport compressed")
-    parser.add_argument('--classic-frames', type=int, default=40,
-                        help='frames for the Keras vs ONNX Runtime comparison')
+    parser.add_argument('--classic-frames', type=int, default=20,
+                        help='frames per block of the Keras vs ONNX Runtime comparison')
+    parser.add_argument('--classic-rounds', type=int, default=8,
+                        help='rounds of that comparison: each contender runs one block per '
+                             'round, in turns')
     parser.add_argument('--skip-classic', action='store_true', help='skip the Keras comparison')
     parser.add_argument('--skip-overlay-cost', action='store_true',
                         help='skip the overlay cost runs (three more 30 Hz runs)')
     args = parser.parse_args(argv)
     from followme_perception.node import TIMING_WINDOW
+    if args.classic_frames < 1 or args.classic_rounds < 1:
+        parser.error('--classic-frames and --classic-rounds must be at least 1')
     if args.frames < TIMING_WINDOW:
         parser.error(f'--frames must be at least {TIMING_WINDOW}: the node reports the medians '
                      f'of its last {TIMING_WINDOW} frames')
@@ -407,16 +415,23 @@ def bench_overlay_cost(model_path, rate, seconds, node_parameters=(), encoding='
     return results
 
 
-def bench_classic(keras_model, onnx_path, count, node_model=None,
+def bench_classic(keras_model, onnx_path, count, rounds, node_model=None,
                   node_providers=('CPUExecutionProvider',)):
     """
     Per-frame ms: Keras model.predict vs ONNX Runtime session.run, same network and frames.
 
     node_model: the node's own ONNX file (the shipped int8 model, say), timed on the same
     frames in the same run with the providers the node got (node_providers), and on ONNX
-    Runtime's CPU provider too where those differ. One contender after the other, not in
-    turns frame by frame: right after a Keras call TensorFlow's threads still hold the 2
-    cores, and ONNX Runtime ran nearly twice as slow in turns (docs/perception.md).
+    Runtime's CPU provider too where those differ.
+
+    The contenders take turns in blocks of `count` frames, `rounds` times over. This VM has
+    slow stretches of seconds in which everything runs up to twice as slow; with one block
+    each, a stretch fell on one side only and the ratio read anything from 6.6x to 12.6x
+    between runs of one session (docs/perception.md). Each contender's figure is the median
+    of all its frames; each round also gives Keras against the node's model from two adjacent
+    blocks, and the median and range of those per-round ratios are reported. Blocks, not
+    frame by frame: right after a Keras call TensorFlow's threads still hold the 2 cores, and
+    in turns frame by frame ONNX Runtime ran nearly twice as slow.
     """
     import onnxruntime as ort
     from tqdm import tqdm
@@ -439,15 +454,27 @@ def bench_classic(keras_model, onnx_path, count, node_model=None,
         if tuple(node_providers) != ('CPUExecutionProvider',):
             cpu = Segmenter(node_model, providers=['CPUExecutionProvider'])
             runs.append(('node_model_cpu', _run_on(cpu), [cpu.preprocess(i) for i in images]))
-    results = {}
-    for name, run, inputs in runs:
+    for _, run, inputs in runs:
         run(inputs[0])  # warm up
-        times = []
-        for batch in tqdm(inputs, desc=name, unit='frame'):
-            start = time.perf_counter()
-            run(batch)
-            times.append((time.perf_counter() - start) * 1e3)
-        results[name] = float(np.median(times))
+    times = {name: [] for name, _, _ in runs}
+    block_medians = {name: [] for name, _, _ in runs}
+    with tqdm(total=rounds * len(runs) * count, desc='Keras and ONNX Runtime in turns',
+              unit='frame') as progress:
+        for _ in range(rounds):
+            for name, run, inputs in runs:
+                block = []
+                for batch in inputs:
+                    start = time.perf_counter()
+                    run(batch)
+                    block.append((time.perf_counter() - start) * 1e3)
+                    progress.update()
+                times[name] += block
+                block_medians[name].append(float(np.median(block)))
+    results = {name: float(np.median(ms)) for name, ms in times.items()}
+    if node_model is not None:
+        results['round_ratios'] = [
+            keras / ours for keras, ours in zip(block_medians['keras_predict'],
+                                                block_medians['node_model'])]
     outputs = keras_model.predict(batches[0], verbose=0), session.run(None, {'image': batches[0]})
     results['max_abs_difference'] = float(np.abs(outputs[0] - outputs[1][0]).max())
     return results
@@ -495,7 +522,8 @@ def main(argv=None):
         finally:
             rclpy.try_shutdown()
         classic = None if args.skip_classic else bench_classic(
-            keras_model, exported, args.classic_frames, args.model, node_providers)
+            keras_model, exported, args.classic_frames, args.classic_rounds, args.model,
+            node_providers)
     report(stages, throughput, classic, overlay_cost, args.size)
 
 
@@ -534,6 +562,11 @@ def report(stages, throughput, classic, overlay_cost=None, size=(480, 640)):
             total_256 = totals['256x256']
             print(f"the node's model alone {node_ms:.1f} ms (x{keras_ms / node_ms:.1f}); the "
                   f'whole node at 256x256 {total_256:.1f} ms (x{keras_ms / total_256:.1f})')
+            ratios = classic['round_ratios']
+            print(f"Keras against the node's model, round by round: median "
+                  f'x{np.median(ratios):.1f}, from x{min(ratios):.1f} to x{max(ratios):.1f}; '
+                  f'{sum(r >= 10.0 for r in ratios)} of {len(ratios)} rounds at x10 or more '
+                  f"({', '.join(f'{r:.1f}' for r in ratios)})")
         if 'node_model_cpu' in classic:
             cpu_ms = classic['node_model_cpu']
             print(f"the node's model on ONNX Runtime's CPU provider {cpu_ms:.1f} ms "
