@@ -111,6 +111,20 @@ def test_bench_model_sizes_variants_build():
         bench_model_sizes.parse_args(['--variants', 'three_levels,no_such_network'])
 
 
+def test_bench_perception_times_keras_and_onnx_runtime_in_turns(tmp_path):
+    # The side-by-side comparison, run for real on a tiny network: a block per contender per
+    # round, and one Keras / node-model ratio per round.
+    from bench import bench_perception
+    keras_model, exported = bench_perception.export_random_weights_model(tmp_path, TINY_MODEL)
+    results = bench_perception.bench_classic(keras_model, exported, count=2, rounds=3,
+                                             node_model=exported)
+    assert len(results['round_ratios']) == 3
+    assert all(ratio > 0 for ratio in results['round_ratios'])
+    assert all(results[name] > 0 for name in ('keras_predict', 'onnxruntime',
+                                              'onnxruntime_1_thread', 'node_model'))
+    assert results['max_abs_difference'] < 1e-4
+
+
 @pytest.mark.parametrize('command', [train.main, evaluate.main, export.main, raw_import.main,
                                      onnx_import.main, search.main])
 def test_commands_have_help(command, capsys):
