@@ -427,7 +427,7 @@ def bench_classic(keras_model, onnx_path, count, rounds, node_model=None,
     The contenders take turns in blocks of `count` frames, `rounds` times over. This VM has
     slow stretches of seconds in which everything runs up to twice as slow; with one block
     each, a stretch fell on one side only and the ratio read anything from 6.6x to 12.6x
-    between runs of one session (docs/perception.md). Each contender's figure is the median
+    from run to run on one machine (docs/perception.md). Each contender's figure is the median
     of all its frames; each round also gives Keras against the node's model from two adjacent
     blocks, and the median and range of those per-round ratios are reported. Blocks, not
     frame by frame: right after a Keras call TensorFlow's threads still hold the 2 cores, and
